@@ -1,0 +1,164 @@
+"""`python -m bot ...`: everything the bot does, from a terminal.
+
+Every command takes --data-dir (default ./data) and --config; scripts depend on the command names,
+options and the --json fields below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from bot.config import Config, ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config, data_dir=args.data_dir)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    # Library chatter (HTTP retries, model loading) is noise on a terminal unless asked for.
+    for noisy in ("sentence_transformers", "httpx", "chromadb"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return args.run(config, args)
+    except KeyboardInterrupt:
+        return 130
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line, no traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path, default=None,
+                        help="where the knowledge base and memory live (default: ./data or the config's data_dir)")
+    common.add_argument("--config", type=Path, default=None, help="TOML config file (default: ./config.toml if present)")
+
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Discord assistant that answers from your PDFs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", parents=[common], help="add PDFs (files or folders) to a server's knowledge base")
+    p.add_argument("--guild", required=True, help="Discord server (guild) id")
+    p.add_argument("paths", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    p.set_defaults(run=_ingest)
+
+    p = sub.add_parser("search", parents=[common], help="show the passages retrieved for a question")
+    p.add_argument("--guild", required=True)
+    p.add_argument("-k", type=int, default=None, help="passages per question (default: knowledge.top_k)")
+    p.add_argument("--json", action="store_true", help="one JSON object per passage")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("question", nargs="?")
+    group.add_argument("--queries", type=Path, help="file with one question per line")
+    p.set_defaults(run=_search)
+
+    p = sub.add_parser("kb", parents=[common], help="list or remove a server's documents")
+    p.add_argument("action", choices=["list", "remove"])
+    p.add_argument("--guild", required=True)
+    p.add_argument("name", nargs="?", help="file name to remove")
+    p.set_defaults(run=_kb)
+    return parser
+
+
+def _knowledge_base(config: Config):
+    from knowledge.base import KnowledgeBase  # heavy imports (torch, chromadb) only when needed
+
+    return KnowledgeBase(config)
+
+
+def _pdf_paths(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() == ".pdf")
+            if not found:
+                print(f"{path}: no PDF files in this folder", file=sys.stderr)
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def _ingest(config: Config, args) -> int:
+    from tqdm import tqdm
+
+    files = _pdf_paths(args.paths)
+    if not files:
+        raise UserError("nothing to ingest")
+    kb = _knowledge_base(config)
+    bar = tqdm(total=0, unit="page", file=sys.stderr, dynamic_ncols=True, disable=None)
+    shown: dict[str, int] = {}  # file -> pages counted on the bar
+
+    def progress(file: str, done: int, total: int) -> None:
+        if file not in shown:
+            shown[file] = 0
+            bar.total += total
+        bar.update(done - shown[file])
+        shown[file] = done
+
+    failed = 0
+    for result in kb.ingest_paths(str(args.guild), files, progress):
+        if result.status == "refused":
+            failed += 1
+            line = f"{result.file}: refused: {result.reason}"
+        else:
+            line = f"{result.file}: {result.status}, {result.pages} pages, {result.chunks} chunks, {result.seconds:.1f} s"
+        bar.write(line, file=sys.stdout)
+    bar.close()
+    return 1 if failed else 0
+
+
+def _search(config: Config, args) -> int:
+    if args.queries:
+        try:
+            questions = [q.strip() for q in args.queries.read_text(encoding="utf-8-sig").splitlines() if q.strip()]
+        except OSError as e:
+            raise UserError(f"cannot read {args.queries}: {e.strerror}") from None
+    else:
+        questions = [args.question]
+    if args.k is not None and not 1 <= args.k <= 100:
+        raise UserError("-k must be between 1 and 100")
+    kb = _knowledge_base(config)
+    for question in questions:
+        passages = kb.search(str(args.guild), question, args.k)
+        if args.json:
+            for rank, p in enumerate(passages, 1):
+                print(json.dumps({"query": question, "rank": rank, "file": p.file, "page": p.page,
+                                  "score": p.score, "text": p.text}, ensure_ascii=False))
+            continue
+        print(f"Q: {question}")
+        if not passages:
+            print("  (no passages: the knowledge base is empty or nothing matched)")
+        for rank, p in enumerate(passages, 1):
+            snippet = " ".join(p.text.split())[:160]
+            print(f"  [{rank}] {p.file} p.{p.page} (score {p.score:.3f}): {snippet}")
+    return 0
+
+
+def _kb(config: Config, args) -> int:
+    kb = _knowledge_base(config)
+    if args.action == "list":
+        docs = kb.documents(str(args.guild))
+        if not docs:
+            print("no documents")
+        for d in docs:
+            print(f"{d.name}\t{d.pages} pages\t{d.chunks} chunks\t{d.size_bytes / 1e6:.1f} MB")
+        return 0
+    if not args.name:
+        raise UserError("kb remove needs the file name (see `kb list`)")
+    removed = kb.remove(str(args.guild), args.name)
+    if removed is None:
+        raise UserError(f"no document named {args.name!r} in this server's knowledge base")
+    print(f"removed {removed.name} ({removed.chunks} chunks)")
+    return 0

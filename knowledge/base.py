@@ -1,0 +1,214 @@
+"""The knowledge base of every server: add, list, remove PDFs and search them.
+
+All methods are blocking (pypdf, embeddings, SQLite, Chroma); async callers run them with
+asyncio.to_thread so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from knowledge import retrieval
+from knowledge.chunking import chunk_pages
+from knowledge.embeddings import Embedder
+from knowledge.pdf import Page, PdfError, check_pdf_bytes, extract_pages, too_large_reason
+from knowledge.store import Document, GuildStore, chroma_client
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (file, pages embedded so far, pages in the file)
+
+_PROFILE_WORDS = 120  # words of the first page that, with the file name, say what a document is
+_CANDIDATES = 60  # passages taken from each of vector and word search before fusing
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    file: str
+    status: str  # "added", "replaced", "unchanged" or "refused"
+    pages: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    timings: dict[str, float] | None = None  # extract / embed / store seconds
+
+
+@dataclass(frozen=True)
+class Passage:
+    file: str
+    page: int
+    score: float
+    text: str
+    chunk_id: str
+
+
+class KnowledgeBase:
+    def __init__(self, config, embedder: Embedder | None = None):
+        """`config` is the whole Config (data dir + [knowledge] section)."""
+        self.config = config.knowledge
+        self._data_dir = config.knowledge_dir
+        self._client = chroma_client(config.chroma_dir, self.config.chroma_url)
+        self.embedder = embedder or Embedder(self.config.embedding_model, self.config.embedding_device,
+                                             self.config.embedding_batch_size)
+        self._stores: dict[str, GuildStore] = {}
+        self._routers: dict[str, tuple[tuple, retrieval.DocumentRouter]] = {}
+        self._lock = threading.Lock()
+
+    def store(self, guild: str) -> GuildStore:
+        guild = str(guild)
+        with self._lock:
+            if guild not in self._stores:
+                self._stores[guild] = GuildStore(guild, self._client, self._data_dir)
+            return self._stores[guild]
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.config.max_file_mb * 1e6)
+
+    # --- adding ----------------------------------------------------------------------------
+
+    def ingest(self, guild: str, name: str, data: bytes, progress: Progress | None = None) -> IngestResult:
+        """Add one PDF. Never raises for a bad file: the result says why it was refused."""
+        started = time.perf_counter()
+        name = Path(name).name
+        try:
+            check_pdf_bytes(data, self.max_bytes)
+            sha = hashlib.sha256(data).hexdigest()
+            store = self.store(guild)
+            old = store.document(name)
+            if old is not None and old.sha256 == sha:
+                return IngestResult(name, "unchanged", old.pages, old.chunks, time.perf_counter() - started)
+            pages = extract_pages(data, self.max_bytes, self.config.max_pages)
+        except PdfError as e:
+            return IngestResult(name, "refused", reason=str(e), seconds=time.perf_counter() - started)
+        extracted = time.perf_counter()
+        return self.add_pages(guild, name, sha, len(data), pages, progress, started, extracted)
+
+    def ingest_paths(self, guild: str, paths: list[Path], progress: Progress | None = None) -> Iterator[IngestResult]:
+        """Ingest many files, extracting text in worker processes while this one embeds.
+
+        Yields one result per file, in order. pypdf is pure Python and the slowest stage on a
+        small CPU, so it runs in parallel with embedding instead of before it.
+        """
+        workers = max(1, min(len(paths), (os.cpu_count() or 2) - 1))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = []
+            for path in paths:
+                if not path.is_file():
+                    jobs.append(IngestResult(path.name, "refused", reason="no such file"))
+                    continue
+                if path.stat().st_size > self.max_bytes:  # refused before reading it into memory
+                    jobs.append(IngestResult(path.name, "refused", reason=too_large_reason(path.stat().st_size, self.max_bytes)))
+                    continue
+                data = path.read_bytes()
+                old = self.store(guild).document(path.name)
+                if old is not None and old.sha256 == hashlib.sha256(data).hexdigest():
+                    jobs.append(IngestResult(path.name, "unchanged", old.pages, old.chunks))
+                else:
+                    jobs.append(pool.submit(_extract, path.name, data, self.max_bytes, self.config.max_pages))
+            for job in jobs:
+                if isinstance(job, IngestResult):
+                    yield job
+                    continue
+                started = time.perf_counter()
+                name, sha, size, pages, reason, extract_seconds = job.result()
+                if reason:
+                    yield IngestResult(name, "refused", reason=reason, seconds=extract_seconds)
+                    continue
+                result = self.add_pages(guild, name, sha, size, pages, progress, started, started)
+                timings = dict(result.timings, extract=extract_seconds)
+                yield dataclasses.replace(result, seconds=result.seconds + extract_seconds, timings=timings)
+
+    def add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
+                  progress: Progress | None = None, started: float | None = None,
+                  extracted: float | None = None) -> IngestResult:
+        """Chunk, embed and store pages already extracted (the CLI extracts in other processes)."""
+        started = started or time.perf_counter()
+        extracted = extracted or started
+        store = self.store(guild)
+        replaced = store.document(name) is not None
+        doc_id = hashlib.sha256(f"{name}\0{sha}".encode()).hexdigest()[:20]
+        chunks = chunk_pages(pages, doc_id=doc_id, file=name, count_tokens=self.embedder.count_tokens,
+                             max_tokens=self.config.chunk_tokens, overlap_tokens=self.config.chunk_overlap_tokens)
+        label = retrieval.doc_label(name)
+        # The file name travels with every passage: "2023 Q3 AAPL" says which report a table is from.
+        search_texts = [f"{label}\n{c.text}" for c in chunks]
+        embeddings = self._embed(search_texts, [c.page for c in chunks], name, len(pages), progress)
+        embedded = time.perf_counter()
+        profile = f"{label}\n" + " ".join(pages[0].text.split()[:_PROFILE_WORDS])
+        store.add_document(name, sha, size, len(pages), profile, chunks, search_texts, embeddings)
+        done = time.perf_counter()
+        timings = {"extract": extracted - started, "embed": embedded - extracted, "store": done - embedded}
+        log.info("guild %s: %s %s, %d pages, %d chunks in %.1fs", guild, "replaced" if replaced else "added",
+                 name, len(pages), len(chunks), done - started)
+        return IngestResult(name, "replaced" if replaced else "added", len(pages), len(chunks), done - started,
+                            timings=timings)
+
+    def _embed(self, texts: list[str], page_of: list[int], name: str, n_pages: int,
+               progress: Progress | None) -> np.ndarray:
+        if progress:
+            progress(name, 0, n_pages)
+        step = self.config.embedding_batch_size * 4
+        parts = []
+        for i in range(0, len(texts), step):
+            parts.append(self.embedder.encode(texts[i:i + step]))
+            if progress:
+                end = min(i + step, len(texts))
+                progress(name, n_pages if end == len(texts) else page_of[end - 1], n_pages)
+        return np.concatenate(parts) if parts else np.zeros((0, self.embedder.dimension), dtype=np.float32)
+
+    # --- listing and removing --------------------------------------------------------------
+
+    def documents(self, guild: str) -> list[Document]:
+        return self.store(guild).documents()
+
+    def remove(self, guild: str, name: str) -> Document | None:
+        return self.store(guild).remove_document(name)
+
+    # --- searching -------------------------------------------------------------------------
+
+    def search(self, guild: str, question: str, k: int | None = None) -> list[Passage]:
+        """The top-k passages of this guild's documents for the question, best first."""
+        k = k or self.config.top_k
+        store = self.store(guild)
+        if not question.strip() or store.chunk_count() == 0:
+            return []
+        vector_hits = store.vector_search(self.embedder.encode([question])[0], _CANDIDATES)
+        lexical_hits = store.lexical_search(retrieval.fts_query(question), _CANDIDATES)
+        stored = store.chunks(retrieval.unique(cid for cid, _ in [*vector_hits, *lexical_hits]))
+        doc_of = {cid: c.doc_id for cid, c in stored.items()}
+        doc_scores = self._router(store).scores(question)
+        ranked = retrieval.fuse(vector_hits, lexical_hits, doc_of, doc_scores, retrieval.DOC_WEIGHT)
+        return [Passage(stored[c.chunk_id].file, stored[c.chunk_id].page, round(c.score, 4),
+                        stored[c.chunk_id].text, c.chunk_id) for c in ranked[:k]]
+
+    def _router(self, store: GuildStore) -> retrieval.DocumentRouter:
+        docs = store.documents()
+        key = tuple(d.doc_id for d in docs)
+        cached = self._routers.get(store.guild)
+        if cached is None or cached[0] != key:
+            cached = (key, retrieval.DocumentRouter({d.doc_id: d.profile for d in docs}))
+            self._routers[store.guild] = cached
+        return cached[1]
+
+
+def _extract(name: str, data: bytes, max_bytes: int, max_pages: int):
+    """Worker-process half of ingest_paths: (name, sha256, size, pages, refusal reason, seconds)."""
+    started = time.perf_counter()
+    try:
+        pages = extract_pages(data, max_bytes, max_pages)
+    except PdfError as e:
+        return name, "", len(data), [], str(e), time.perf_counter() - started
+    return name, hashlib.sha256(data).hexdigest(), len(data), pages, "", time.perf_counter() - started

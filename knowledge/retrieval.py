@@ -1,0 +1,100 @@
+"""Question -> ranked passages: vector and word search fused, then documents the question names
+are preferred.
+
+Why the last step: a server's knowledge base often holds look-alike documents (the same report for
+several companies or quarters). Their passages read almost the same, so neither vectors nor BM25
+can tell which one a question is about. But questions usually name their document the way its file
+name or cover page does ("Apple's Q3 2023 10-Q"), so each document gets a profile (file name plus
+the start of its first page) and passages from documents whose profile matches the question's rare
+words rank higher.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+_WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
+_STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have
+    having he her here hers him his how i if in into is it its itself just me more most my no nor not
+    now of off on once only or other our ours out over own same she should so some such than that the
+    their theirs them then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours s t""".split()
+)
+RRF_K = 60
+DOC_WEIGHT = 0.5  # how much naming a document counts against passage relevance (tuned on a split)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case word tokens without stopwords; numbers keep their separators (1,234.5)."""
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS and (len(w) > 1 or w.isdigit())]
+
+
+def fts_query(question: str) -> str:
+    """An FTS5 query that matches any of the question's content words."""
+    terms = dict.fromkeys(w for w in words(question) if not w[0].isdigit() or len(w) > 1)
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+def doc_label(file_name: str) -> str:
+    """'2023_Q3-AAPL.pdf' -> '2023 Q3 AAPL': the words a file name gives a passage."""
+    stem = re.sub(r"\.pdf$", "", file_name, flags=re.IGNORECASE)
+    return re.sub(r"[_\-.]+", " ", stem).strip()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    chunk_id: str
+    doc_id: str
+    score: float
+
+
+class DocumentRouter:
+    """Scores how strongly a question names each document, from the documents' profiles."""
+
+    def __init__(self, profiles: dict[str, str]):
+        self._terms = {doc_id: set(words(profile)) for doc_id, profile in profiles.items()}
+        df = Counter(t for terms in self._terms.values() for t in terms)
+        n = len(self._terms)
+        # Terms in every document name none of them (idf 0); rarer terms weigh more.
+        self._idf = {t: math.log(n / c) for t, c in df.items()}
+
+    def scores(self, question: str) -> dict[str, float]:
+        """doc_id -> share of the question's naming power that points at this document, in [0, 1]."""
+        q_terms = set(words(question)) & self._idf.keys()
+        total = sum(self._idf[t] for t in q_terms)
+        if total <= 0:
+            return {}
+        return {doc_id: sum(self._idf[t] for t in q_terms & terms) / total for doc_id, terms in self._terms.items()}
+
+
+def fuse(
+    vector_hits: Sequence[tuple[str, float]],
+    lexical_hits: Sequence[tuple[str, float]],
+    doc_of: dict[str, str],
+    doc_scores: dict[str, float],
+    doc_weight: float,
+) -> list[Candidate]:
+    """Reciprocal-rank fusion of the two lists (scaled to [0, 1]) plus the document-name boost."""
+    fused: dict[str, float] = {}
+    for hits in (vector_hits, lexical_hits):
+        for rank, (chunk_id, _) in enumerate(hits):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    best_possible = 2.0 / (RRF_K + 1)
+    out = []
+    for chunk_id, score in fused.items():
+        doc_id = doc_of.get(chunk_id)
+        if doc_id is None:
+            continue
+        out.append(Candidate(chunk_id, doc_id, score / best_possible + doc_weight * doc_scores.get(doc_id, 0.0)))
+    out.sort(key=lambda c: c.score, reverse=True)
+    return out
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,66 @@
+import pytest
+
+from bot.config import ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file(tmp_path):
+    config = load_config(None, env={}, data_dir=tmp_path)
+    assert config.data_dir == tmp_path
+    assert config.knowledge.top_k == 5
+    assert config.knowledge.chroma_url == ""
+
+
+def test_file_then_environment(tmp_path):
+    path = write(tmp_path, "[knowledge]\ntop_k = 7\nchunk_tokens = 150\n")
+    config = load_config(path, env={"BOT_KNOWLEDGE_TOP_K": "9"})
+    assert config.knowledge.top_k == 9
+    assert config.knowledge.chunk_tokens == 150
+
+
+def test_unknown_key_is_named_with_allowed_keys(tmp_path):
+    path = write(tmp_path, "[knowledge]\ntopk = 7\n")
+    with pytest.raises(ConfigError, match=r"knowledge\.topk.*allowed: .*top_k"):
+        load_config(path, env={})
+
+
+def test_unknown_section_and_env_var(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting 'modle'"):
+        load_config(write(tmp_path, "[modle]\nx = 1\n"), env={})
+    with pytest.raises(ConfigError, match="BOT_KNOWLEDGE_TOPK"):
+        load_config(None, env={"BOT_KNOWLEDGE_TOPK": "3"})
+
+
+def test_choice_lists_allowed_values(tmp_path):
+    with pytest.raises(ConfigError, match="choose one of: auto, cpu, cuda"):
+        load_config(None, env={"BOT_KNOWLEDGE_EMBEDDING_DEVICE": "tpu"})
+
+
+def test_wrong_type_and_range(tmp_path):
+    with pytest.raises(ConfigError, match="knowledge.top_k = 'many' is not a valid int"):
+        load_config(write(tmp_path, '[knowledge]\ntop_k = "many"\n'), env={})
+    with pytest.raises(ConfigError, match="chunk_tokens must be between 32 and 240"):
+        load_config(None, env={"BOT_KNOWLEDGE_CHUNK_TOKENS": "512"})
+
+
+def test_token_only_from_environment(tmp_path, monkeypatch):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('discord_token = "abc"\n')
+    with pytest.raises(ConfigError, match="DISCORD_TOKEN"):
+        load_config(bad, env={})
+    config = load_config(None, env={"DISCORD_TOKEN": "secret-token"})
+    assert config.discord_token == "secret-token"
+    assert "secret-token" not in repr(config)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("DISCORD_TOKEN='from-dotenv'\n")
+    assert load_config(None, env={}).discord_token == "from-dotenv"
+
+
+def test_invalid_toml_is_reported(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[knowledge\n"), env={})

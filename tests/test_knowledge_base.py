@@ -1,0 +1,123 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.pdfs import make_pdf
+
+GUILD, OTHER = "111", "222"
+
+HANDBOOK = make_pdf([
+    "Employee handbook\nVacation: every employee gets 27 days of paid leave per year.",
+    "Expenses\nTravel expenses are reimbursed within 14 days of filing the receipt.",
+    "Security\nLaptops must use full-disk encryption and a screen lock after 5 minutes.",
+])
+RECIPES = make_pdf(["Pancakes\nMix 200 g flour, 2 eggs and 300 ml milk; fry in butter."])
+
+
+def test_ingest_then_search_cites_file_and_page(kb):
+    result = kb.ingest(GUILD, "handbook.pdf", HANDBOOK)
+    assert (result.status, result.pages) == ("added", 3)
+    assert result.chunks >= 3
+    top = kb.search(GUILD, "How many days of paid vacation do I get?")[0]
+    assert (top.file, top.page) == ("handbook.pdf", 1)
+    assert "27 days" in top.text
+    top = kb.search(GUILD, "when are travel costs paid back")[0]
+    assert (top.file, top.page) == ("handbook.pdf", 2)
+
+
+def test_guilds_never_see_each_other(kb):
+    kb.ingest(GUILD, "handbook.pdf", HANDBOOK)
+    kb.ingest(OTHER, "recipes.pdf", RECIPES)
+    assert {p.file for p in kb.search(OTHER, "paid vacation days per year", k=10)} == {"recipes.pdf"}
+    assert {p.file for p in kb.search(GUILD, "pancakes flour eggs milk", k=10)} == {"handbook.pdf"}
+    assert [d.name for d in kb.documents(OTHER)] == ["recipes.pdf"]
+    assert kb.search("333", "anything") == []
+
+
+def test_same_file_again_changes_nothing(kb):
+    first = kb.ingest(GUILD, "handbook.pdf", HANDBOOK)
+    again = kb.ingest(GUILD, "handbook.pdf", HANDBOOK)
+    assert again.status == "unchanged"
+    [doc] = kb.documents(GUILD)
+    assert (doc.chunks, doc.pages) == (first.chunks, first.pages)
+    assert kb.store(GUILD)._collection.count() == first.chunks
+
+
+def test_new_content_under_same_name_replaces_old_chunks(kb):
+    kb.ingest(GUILD, "policy.pdf", HANDBOOK)
+    result = kb.ingest(GUILD, "policy.pdf", RECIPES)
+    assert result.status == "replaced"
+    [doc] = kb.documents(GUILD)
+    assert doc.chunks == result.chunks
+    assert kb.store(GUILD)._collection.count() == result.chunks
+    assert all("vacation" not in p.text.lower() for p in kb.search(GUILD, "paid vacation days", k=10))
+
+
+def test_remove_deletes_every_chunk(kb):
+    kb.ingest(GUILD, "handbook.pdf", HANDBOOK)
+    kb.ingest(GUILD, "recipes.pdf", RECIPES)
+    assert kb.remove(GUILD, "handbook.pdf").name == "handbook.pdf"
+    assert kb.remove(GUILD, "handbook.pdf") is None
+    assert [d.name for d in kb.documents(GUILD)] == ["recipes.pdf"]
+    store = kb.store(GUILD)
+    assert store._collection.count() == store.chunk_count() == kb.documents(GUILD)[0].chunks
+    assert {p.file for p in kb.search(GUILD, "paid vacation days", k=10)} == {"recipes.pdf"}
+
+
+def test_bad_file_is_refused_and_store_unchanged(kb):
+    kb.ingest(GUILD, "handbook.pdf", HANDBOOK)
+    before = kb.documents(GUILD)
+    for name, data in [("notes.pdf", b"plain text"), ("handbook.pdf", HANDBOOK[:300]), ("empty.pdf", b"")]:
+        result = kb.ingest(GUILD, name, data)
+        assert result.status == "refused" and result.reason
+    assert kb.documents(GUILD) == before
+    assert kb.search(GUILD, "paid vacation")[0].file == "handbook.pdf"
+
+
+def test_ingest_paths_keeps_going_after_a_bad_file(kb, tmp_path):
+    (tmp_path / "a.pdf").write_bytes(b"not a pdf at all")
+    (tmp_path / "b.pdf").write_bytes(HANDBOOK)
+    seen = []
+    results = list(kb.ingest_paths(GUILD, [tmp_path / "a.pdf", tmp_path / "b.pdf"],
+                                   lambda f, done, total: seen.append((f, done, total))))
+    assert [(r.file, r.status) for r in results] == [("a.pdf", "refused"), ("b.pdf", "added")]
+    assert "not a PDF" in results[0].reason
+    assert seen[-1] == ("b.pdf", 3, 3)
+
+
+KILL_DURING_INGEST = """
+import os, signal, sys
+from bot.config import load_config
+from knowledge.base import KnowledgeBase
+from knowledge.store import GuildStore
+from tests.pdfs import make_pdf
+from tests.test_knowledge_base import HANDBOOK, RECIPES
+
+kb = KnowledgeBase(load_config(None, env={}, data_dir=sys.argv[1]))
+kb.ingest("111", "handbook.pdf", RECIPES)       # an older version of the file, stored whole
+
+original = GuildStore._upsert_vectors
+def upsert_then_die(self, chunks, embeddings):
+    original(self, chunks, embeddings)          # the new version's vectors are in Chroma ...
+    os.kill(os.getpid(), signal.SIGKILL)        # ... and the process dies before committing
+GuildStore._upsert_vectors = upsert_then_die
+kb.ingest("111", "handbook.pdf", HANDBOOK)
+"""
+
+
+def test_kill_during_ingest_leaves_old_document_whole(tmp_path, embedder):
+    # A separate process does the writing, so no Chroma state is cached in this one.
+    data_dir = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_DURING_INGEST, str(data_dir)],
+                          cwd=Path(__file__).parent.parent, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+
+    from bot.config import load_config
+    from knowledge.base import KnowledgeBase
+
+    kb = KnowledgeBase(load_config(None, env={}, data_dir=data_dir), embedder)
+    [doc] = kb.documents(GUILD)  # opening the store sweeps the half-written version's vectors
+    store = kb.store(GUILD)
+    assert store._collection.count() == doc.chunks == store.chunk_count()
+    hits = kb.search(GUILD, "paid vacation days", k=10)
+    assert hits and all("vacation" not in p.text and "flour" in p.text for p in hits)
