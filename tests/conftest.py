@@ -1,3 +1,5 @@
+pytest_plugins = ["tests.fake_discord.fixtures"]  # fake_discord, run_bot
+
 import pytest
 
 from bot.config import load_config
