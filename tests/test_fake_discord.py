@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import io
 
 import discord
 import pytest
@@ -37,6 +37,12 @@ class EchoBot(commands.Bot):
         if message.author.bot or self.user not in message.mentions:
             return
         text = message.content.replace(self.user.mention, "").strip()
+        if text == "stream":  # typing, then one reply edited as it "streams"
+            async with message.channel.typing():
+                reply = await message.reply("one")
+                for content in ("one two", "one two three"):
+                    reply = await reply.edit(content=content)
+            return
         for att in message.attachments:
             data = await att.read()
             text += f" [{att.filename}: {len(data)} bytes, {data[:4].decode()}]"
@@ -69,7 +75,8 @@ class Notes(app_commands.Group, name="notes", description="Keep notes"):
 @app_commands.describe(topic="What the report is about")
 async def report(interaction: discord.Interaction, topic: str):
     await interaction.response.defer(thinking=True)
-    await interaction.followup.send("here it is", file=discord.File(__import__("io").BytesIO(topic.encode()), "r.txt"))
+    await interaction.followup.send("here it is", file=discord.File(io.BytesIO(topic.encode()), "r.txt"))
+    await interaction.edit_original_response(content=f"report on {topic}")
 
 
 @pytest.fixture
@@ -103,6 +110,18 @@ async def test_mention_gets_a_reply_and_plain_messages_do_not(fake_discord: Fake
     assert [m.content for m in fake_discord.bot_messages] == ["echo: hello there", "echo: again"]
 
 
+async def test_typing_edits_and_fetches(fake_discord: FakeDiscord, bot: EchoBot):
+    asked = await fake_discord.user_message("stream")
+    reply = await fake_discord.wait_for_message(predicate=lambda m: m.content == "one two three")
+    assert reply.edits == 2 and reply.bodies[0]["content"] == "one"
+    assert fake_discord.requests_to("POST", "/channels/{channel_id}/typing")
+    channel = bot.get_channel(fake_discord.channel.id)
+    assert (await channel.fetch_message(reply.id)).content == "one two three"
+    assert [m.id for m in [m async for m in channel.history(limit=5)]] == [reply.id, int(asked["id"])]
+    await (await channel.fetch_message(reply.id)).delete()
+    assert reply.deleted and [m.id async for m in channel.history(limit=5)] == [int(asked["id"])]
+
+
 async def test_commands_synced_with_descriptions(fake_discord: FakeDiscord, bot: EchoBot):
     assert [c["name"] for c in fake_discord.synced_commands()] == ["report"]
     assert fake_discord.synced_command("notes", fake_discord.guild)["description"] == "Keep notes"
@@ -118,7 +137,8 @@ async def test_commands_synced_with_descriptions(fake_discord: FakeDiscord, bot:
 async def test_deferred_command_follows_up_with_a_file(fake_discord: FakeDiscord, bot: EchoBot):
     interaction = await fake_discord.slash_command("report", {"topic": "quarterly"})
     followup = await fake_discord.wait_for_followup(interaction)
-    assert interaction.callback_type == 5 and interaction.original.loading
+    original = await fake_discord.wait_for_message(predicate=lambda m: m.content == "report on quarterly")
+    assert interaction.callback_type == 5 and original is interaction.original and not original.loading
     assert followup.content == "here it is" and followup.file("r.txt").data == b"quarterly"
     assert followup.attachments[0]["filename"] == "r.txt"
 
@@ -193,7 +213,7 @@ async def test_spec_validation_fails_on_malformed_payloads(fake_discord: FakeDis
 async def test_sharded_bot_gets_each_guild_on_its_shard(fake_discord: FakeDiscord, run_bot):
     second = fake_discord.add_guild("Second Guild")
     fake_discord.recommended_shards = 2
-    bot = commands.AutoShardedBot(command_prefix="!", intents=discord.Intents.default())
+    bot = commands.AutoShardedBot(command_prefix=commands.when_mentioned, intents=discord.Intents.default())
     async with run_bot(bot):
         assert sorted(i["shard"] for i in fake_discord.gateway.identifies) == [[0, 2], [1, 2]]
         for guild in (fake_discord.guild, second):
