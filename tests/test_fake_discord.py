@@ -219,3 +219,11 @@ async def test_sharded_bot_gets_each_guild_on_its_shard(fake_discord: FakeDiscor
         for guild in (fake_discord.guild, second):
             assert bot.get_guild(guild.id).shard_id == (guild.id >> 22) % 2
         assert fake_discord.requests_to("GET", "/gateway/bot")
+
+
+async def test_members_intent_chunks_guild_members(fake_discord: FakeDiscord, run_bot):
+    bot = commands.Bot(command_prefix=commands.when_mentioned, intents=discord.Intents.all())
+    async with run_bot(bot):
+        guild = bot.get_guild(fake_discord.guild.id)
+        assert guild.chunked and guild.get_member(fake_discord.admin.id).guild_permissions.manage_guild
+        assert not guild.get_member(fake_discord.member.id).guild_permissions.manage_guild
