@@ -63,11 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--queries", type=Path, help="file with one question per line")
     p.set_defaults(run=_search)
 
-    p = sub.add_parser("kb", parents=[common], help="list or remove a server's documents")
-    p.add_argument("action", choices=["list", "remove"])
+    kb = sub.add_parser("kb", help="list or remove a server's documents")
+    kb_sub = kb.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = kb_sub.add_parser("list", parents=[common], help="the server's documents")
     p.add_argument("--guild", required=True)
-    p.add_argument("name", nargs="?", help="file name to remove")
-    p.set_defaults(run=_kb)
+    p.set_defaults(run=_kb_list)
+    p = kb_sub.add_parser("remove", parents=[common], help="remove a document and all its passages")
+    p.add_argument("--guild", required=True)
+    p.add_argument("name", help="file name, as `kb list` shows it")
+    p.set_defaults(run=_kb_remove)
     return parser
 
 
@@ -146,18 +150,17 @@ def _search(config: Config, args) -> int:
     return 0
 
 
-def _kb(config: Config, args) -> int:
-    kb = _knowledge_base(config)
-    if args.action == "list":
-        docs = kb.documents(str(args.guild))
-        if not docs:
-            print("no documents")
-        for d in docs:
-            print(f"{d.name}\t{d.pages} pages\t{d.chunks} chunks\t{d.size_bytes / 1e6:.1f} MB")
-        return 0
-    if not args.name:
-        raise UserError("kb remove needs the file name (see `kb list`)")
-    removed = kb.remove(str(args.guild), args.name)
+def _kb_list(config: Config, args) -> int:
+    docs = _knowledge_base(config).documents(str(args.guild))
+    if not docs:
+        print("no documents")
+    for d in docs:
+        print(f"{d.name}\t{d.pages} pages\t{d.chunks} chunks\t{d.size_bytes / 1e6:.1f} MB")
+    return 0
+
+
+def _kb_remove(config: Config, args) -> int:
+    removed = _knowledge_base(config).remove(str(args.guild), args.name)
     if removed is None:
         raise UserError(f"no document named {args.name!r} in this server's knowledge base")
     print(f"removed {removed.name} ({removed.chunks} chunks)")

@@ -199,7 +199,9 @@ class KnowledgeBase:
         key = tuple(d.doc_id for d in docs)
         cached = self._routers.get(store.guild)
         if cached is None or cached[0] != key:
-            cached = (key, retrieval.DocumentRouter({d.doc_id: d.profile for d in docs}))
+            label_and_page = (d.profile.partition("\n") for d in docs)
+            terms = {d.doc_id: retrieval.naming_terms(label, page) for d, (label, _, page) in zip(docs, label_and_page)}
+            cached = (key, retrieval.DocumentRouter(terms))
             self._routers[store.guild] = cached
         return cached[1]
 

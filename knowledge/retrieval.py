@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9&.\-]*")
 _STOPWORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being below
     between both but by can could did do does doing down during each few for from further had has have
@@ -54,11 +55,18 @@ class Candidate:
     score: float
 
 
-class DocumentRouter:
-    """Scores how strongly a question names each document, from the documents' profiles."""
+def naming_terms(label: str, first_page: str) -> set[str]:
+    """The words that can name a document: all of its file label, and the proper nouns, codes and
+    numbers of its first page ("Apple", "NVIDIA", "10-Q", "2023"), not its ordinary words."""
+    names = {w for w in _NAME.findall(first_page) if not w.isalpha() or not w.islower()}
+    return set(words(label)) | set(words(" ".join(names)))
 
-    def __init__(self, profiles: dict[str, str]):
-        self._terms = {doc_id: set(words(profile)) for doc_id, profile in profiles.items()}
+
+class DocumentRouter:
+    """Scores how strongly a question names each document, from the documents' naming terms."""
+
+    def __init__(self, terms: dict[str, set[str]]):
+        self._terms = terms
         df = Counter(t for terms in self._terms.values() for t in terms)
         n = len(self._terms)
         # Terms in every document name none of them (idf 0); rarer terms weigh more.

@@ -1,0 +1,52 @@
+"""`python -m bot ingest|search|kb` as scripts use them: exit codes, one line per file, --json fields."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.pdfs import make_pdf
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bot(*args, data_dir):
+    return subprocess.run([sys.executable, "-m", "bot", *args, "--data-dir", str(data_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+
+
+def test_ingest_search_list_remove(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "garden.pdf").write_bytes(make_pdf(["Garden\nWater the tomatoes every morning.", "Roses need pruning in March."]))
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a PDF")
+    (tmp_path / "q.txt").write_text("When do roses get pruned?\n\nHow often to water tomatoes?\n")
+    data = tmp_path / "data"
+
+    ingest = bot("ingest", "--guild", "7", str(docs), data_dir=data)
+    assert ingest.returncode == 1  # one file was refused
+    assert "broken.pdf: refused: the PDF is damaged or truncated" in ingest.stdout
+    assert "garden.pdf: added, 2 pages, 2 chunks" in ingest.stdout
+
+    search = bot("search", "--guild", "7", "--json", "-k", "1", "--queries", str(tmp_path / "q.txt"), data_dir=data)
+    assert search.returncode == 0, search.stderr
+    rows = [json.loads(line) for line in search.stdout.splitlines()]
+    assert [set(r) for r in rows] == [{"query", "rank", "file", "page", "score", "text"}] * 2
+    assert [(r["query"], r["rank"], r["file"], r["page"]) for r in rows] == [
+        ("When do roses get pruned?", 1, "garden.pdf", 2),
+        ("How often to water tomatoes?", 1, "garden.pdf", 1),
+    ]
+
+    assert "garden.pdf\t2 pages\t2 chunks" in bot("kb", "list", "--guild", "7", data_dir=data).stdout
+    assert bot("kb", "list", "--guild", "8", data_dir=data).stdout.strip() == "no documents"
+    missing = bot("kb", "remove", "--guild", "7", "nope.pdf", data_dir=data)
+    assert missing.returncode == 1 and "no document named 'nope.pdf'" in missing.stderr
+    assert bot("kb", "remove", "--guild", "7", "garden.pdf", data_dir=data).returncode == 0
+    assert bot("kb", "list", "--guild", "7", data_dir=data).stdout.strip() == "no documents"
+
+
+def test_bad_options_give_one_line(tmp_path):
+    result = bot("search", "--guild", "7", "-k", "0", "question", data_dir=tmp_path)
+    assert result.returncode == 1 and result.stderr.strip() == "error: -k must be between 1 and 100"
+    result = bot("search", "--guild", "7", "--bogus", "q", data_dir=tmp_path)
+    assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
