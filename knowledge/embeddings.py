@@ -51,8 +51,11 @@ class Embedder:
             return self._model
 
     def _load(self):
-        from sentence_transformers import SentenceTransformer
         import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # no "Loading weights" bar on every start
 
         device = self.device
         if device == "auto":
