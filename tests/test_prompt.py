@@ -70,3 +70,15 @@ def test_citations():
     assert cited("As shown [2] and [1, 3]; not [7].", sources) == sources
     assert cited("No citation.", sources) == []
     assert format_sources(sources[1:2]) == "[2] b.pdf, p. 4"
+
+
+def test_next_turn_shares_the_prompt_prefix_for_the_kv_cache(llm):
+    """Turn 3 starts with exactly the tokens of turn 2 up to turn 2's new question: only new text is prefilled."""
+    first = Turn("Ada", "What is fact 1?", "Fact 1 is about leave [1].")
+    second = build(llm, PERSONA, [passage(1, 30)], [first], "Bob", "And fact 2?", 64)
+    third = build(llm, PERSONA, [passage(2, 30)], [Turn("Bob", "And fact 2?", "It is about work [1]."), first],
+                  "Ada", "And fact 3?", 64)
+    a, b = llm.tokenize_prompt(second.messages), llm.tokenize_prompt(third.messages)
+    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    unchanged = llm.tokenize_prompt(second.messages[:-1])  # system + history of turn 2
+    assert shared >= len(unchanged) - 3  # minus the generation prompt the template appends
