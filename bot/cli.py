@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guild", required=True)
     p.add_argument("name", help="file name, as `kb list` shows it")
     p.set_defaults(run=_kb_remove)
+
+    p = sub.add_parser("console", parents=[common], help="chat in the terminal with the answer pipeline")
+    p.add_argument("--guild", default="console", help="Discord server (guild) id whose documents to use")
+    p.add_argument("--channel", default="console", help="channel id: whose memory and persona to use")
+    p.set_defaults(run=_console)
     return parser
 
 
@@ -164,4 +169,22 @@ def _kb_remove(config: Config, args) -> int:
     if removed is None:
         raise UserError(f"no document named {args.name!r} in this server's knowledge base")
     print(f"removed {removed.name} ({removed.chunks} chunks)")
+    return 0
+
+
+def _console(config: Config, args) -> int:
+    import asyncio
+
+    from bot.console import build_pipeline, chat
+    from bot.llm import ModelError
+    from bot.model_files import ModelFileError
+
+    try:
+        pipeline = build_pipeline(config)
+    except (ModelError, ModelFileError) as e:
+        raise UserError(str(e)) from None
+    try:
+        asyncio.run(chat(pipeline, str(args.guild), str(args.channel)))
+    finally:
+        pipeline.close()
     return 0

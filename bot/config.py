@@ -41,10 +41,48 @@ class KnowledgeConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    # "local": llama.cpp in this process. "openai": any OpenAI-compatible server at base_url.
+    backend: Literal["local", "openai"] = "local"
+    # A GGUF file. Empty: models_dir/file, downloaded once from the Hugging Face repo below.
+    path: str = ""
+    repo: str = "bartowski/Meta-Llama-3-8B-Instruct-GGUF"
+    file: str = "Meta-Llama-3-8B-Instruct-Q4_K_M.gguf"
+    models_dir: Path = Path("models")
+    download: bool = True
+    n_ctx: int = 8192
+    # Beyond the model's trained context (8,192 for Llama-3), RoPE scaling is required.
+    rope_scaling: Literal["none", "linear", "yarn"] = "none"
+    n_gpu_layers: int = -1  # -1: every layer on the GPU; 0: CPU only
+    n_threads: int = 0  # 0: one per CPU core
+    n_batch: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    # openai backend only
+    base_url: str = ""  # e.g. http://127.0.0.1:8080/v1
+    api_key: str = field(default="", repr=False)
+    remote_model: str = ""  # model name sent to the server; empty: the server's default
+    request_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    # The channel's persona when none is set with /persona.
+    persona: str = ("You are a helpful assistant for this Discord server. You answer from the server's "
+                    "documents and say plainly when they do not cover the question.")
+    max_answer_tokens: int = 512
+    max_question_chars: int = 4000
+    max_persona_chars: int = 2000
+    max_history_turns: int = 20  # exchanges read from memory; the token budget may keep fewer
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
     discord_token: str = field(default="", repr=False)
 
     @property
@@ -54,6 +92,10 @@ class Config:
     @property
     def knowledge_dir(self) -> Path:
         return self.data_dir / "knowledge"
+
+    @property
+    def memory_path(self) -> Path:
+        return self.data_dir / "memory.sqlite3"
 
 
 # Section name -> its dataclass, e.g. "knowledge" -> KnowledgeConfig.
@@ -179,6 +221,23 @@ def _check_ranges(config: Config) -> None:
         ("knowledge.max_pages", k.max_pages > 0, "above 0"),
         ("knowledge.top_k", 1 <= k.top_k <= 50, "between 1 and 50"),
         ("knowledge.embedding_batch_size", k.embedding_batch_size > 0, "above 0"),
+    ]
+    m, c = config.model, config.chat
+    rules += [
+        ("model.n_ctx", 512 <= m.n_ctx <= 131072, "between 512 and 131072"),
+        ("model.n_gpu_layers", m.n_gpu_layers >= -1, "-1 (all layers on the GPU), 0 (CPU only) or a layer count"),
+        ("model.n_threads", m.n_threads >= 0, "0 (one per CPU core) or more"),
+        ("model.n_batch", 1 <= m.n_batch <= m.n_ctx, "between 1 and model.n_ctx"),
+        ("model.temperature", 0 <= m.temperature <= 2, "between 0 and 2"),
+        ("model.top_p", 0 < m.top_p <= 1, "above 0 and at most 1"),
+        ("model.base_url", m.backend != "openai" or m.base_url.startswith(("http://", "https://")),
+         'an http:// or https:// URL when model.backend = "openai"'),
+        ("model.request_timeout_s", m.request_timeout_s > 0, "above 0"),
+        ("chat.persona", 0 < len(c.persona.strip()) <= c.max_persona_chars, "non-empty and at most chat.max_persona_chars characters"),
+        ("chat.max_answer_tokens", 16 <= c.max_answer_tokens <= m.n_ctx // 2, "between 16 and half of model.n_ctx"),
+        ("chat.max_question_chars", c.max_question_chars >= 10, "at least 10"),
+        ("chat.max_persona_chars", c.max_persona_chars >= 10, "at least 10"),
+        ("chat.max_history_turns", c.max_history_turns >= 0, "0 or more"),
     ]
     for name, ok, allowed in rules:
         if not ok:

@@ -64,3 +64,36 @@ def test_token_only_from_environment(tmp_path, monkeypatch):
 def test_invalid_toml_is_reported(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[knowledge\n"), env={})
+
+
+def test_model_and_chat_sections(tmp_path):
+    config = load_config(write(tmp_path, '[model]\nbackend = "openai"\nbase_url = "http://127.0.0.1:8080/v1"\n'
+                                         '[chat]\nmax_answer_tokens = 256\n'), env={"BOT_MODEL_N_CTX": "16384"})
+    assert config.model.backend == "openai" and config.model.n_ctx == 16384
+    assert config.chat.max_answer_tokens == 256
+    assert config.memory_path == config.data_dir / "memory.sqlite3"
+    defaults = load_config(None, env={})
+    assert defaults.model.n_gpu_layers == -1 and defaults.model.n_ctx == 8192
+    assert defaults.model.file == "Meta-Llama-3-8B-Instruct-Q4_K_M.gguf"
+
+
+def test_model_and_chat_rules_name_the_key():
+    cases = [
+        ({"BOT_MODEL_BACKEND": "ollama"}, "choose one of: local, openai"),
+        ({"BOT_MODEL_ROPE_SCALING": "ntk"}, "choose one of: none, linear, yarn"),
+        ({"BOT_MODEL_N_CTX": "100"}, "model.n_ctx must be between 512 and 131072"),
+        ({"BOT_MODEL_N_GPU_LAYERS": "-2"}, "model.n_gpu_layers must be -1"),
+        ({"BOT_MODEL_BACKEND": "openai"}, "model.base_url must be an http:// or https:// URL"),
+        ({"BOT_MODEL_TEMPERATURE": "3"}, "model.temperature must be between 0 and 2"),
+        ({"BOT_CHAT_MAX_ANSWER_TOKENS": "5000"}, "chat.max_answer_tokens must be between 16 and half of model.n_ctx"),
+        ({"BOT_CHAT_PERSONA": "  "}, "chat.persona must be non-empty"),
+        ({"BOT_MODEL_DOWNLOAD": "maybe"}, "BOT_MODEL_DOWNLOAD = 'maybe' is not a valid bool"),
+    ]
+    for env, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_config(None, env=env)
+
+
+def test_api_key_is_not_printed():
+    config = load_config(None, env={"BOT_MODEL_API_KEY": "sk-secret"})
+    assert config.model.api_key == "sk-secret" and "sk-secret" not in repr(config)

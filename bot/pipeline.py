@@ -1,0 +1,194 @@
+"""The answer pipeline: a question in a channel -> a streamed, sourced answer stored in memory.
+
+    async for event in pipeline.answer(guild, channel, Author(id, name), text):
+        match event:
+            case Queued(position):  "you're #3 in line" (sent again whenever the position changes)
+            case Piece(text):       the next piece of the answer, to append as it streams
+            case Done(status, text, sources):  always last, exactly once
+
+Done.status says what the caller got:
+  "answer"   text is the whole answer; sources are the passages it cites as [n] (number, file, page)
+  "refused"  the safety filter refused the question or stopped the answer; text is the refusal to post
+             instead of anything streamed so far
+  "invalid"  the user's input cannot be answered (empty, too long); text says why, in one line
+  "error"    something broke (model, store); text is a short apology, the details are in the log
+Done.text is what the message should say in the end; the cog replaces the streamed text with it.
+
+Steps: check input (length, safety) -> wait for the channel's turn (bot.scheduler) -> retrieve (this
+guild only) -> history + persona (memory) -> prompt (bot.prompt) -> stream (model thread), with the
+safety output check every _CHECK_EVERY characters and at the end -> store the exchange.
+Safety is a later issue: pass an object with check_input/check_output (the Safety protocol), or None.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import AsyncIterator, Literal, Protocol
+
+from bot.config import Config
+from bot.memory import Memory
+from bot.prompt import QuestionTooLong, Source, Turn, build, cited
+from bot.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+_CHECK_EVERY = 400  # characters of answer between two safety output checks
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    message: str = ""  # the reply to post instead, when not allowed
+
+
+class Safety(Protocol):
+    """Blocking checks (they may run a model); called off the event loop."""
+
+    def check_input(self, text: str) -> Verdict: ...
+
+    def check_output(self, text: str) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class Author:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Queued:
+    position: int  # 1: next after the answer being written now
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    status: Literal["answer", "refused", "invalid", "error"]
+    text: str
+    sources: tuple[Source, ...] = ()  # cited by the answer
+    passages: tuple[Source, ...] = ()  # all given to the model
+
+
+Event = Queued | Piece | Done
+
+ERROR_REPLY = "Sorry, something went wrong while answering. Please try again in a moment."
+
+
+class Pipeline:
+    def __init__(self, config: Config, llm, knowledge, memory: Memory, safety: Safety | None = None):
+        self.config = config
+        self.llm = llm
+        self.knowledge = knowledge
+        self.memory = memory
+        self.safety = safety
+        self.scheduler = Scheduler(llm)
+
+    @property
+    def queue_length(self) -> int:
+        """Requests being answered or waiting, over all channels (for /status)."""
+        return len(self.scheduler)
+
+    async def answer(self, guild: str, channel: str, author: Author, text: str) -> AsyncIterator[Event]:
+        chat = self.config.chat
+        question = text.strip()
+        if not question:
+            yield Done("invalid", "Ask me a question after the mention, e.g. \"what does the handbook say about leave?\"")
+            return
+        if len(question) > chat.max_question_chars:
+            yield Done("invalid", f"That question is too long ({len(question)} characters; "
+                                  f"at most {chat.max_question_chars}). Please shorten it.")
+            return
+        if self.safety is not None:
+            verdict = await asyncio.to_thread(self.safety.check_input, question)
+            if not verdict.allowed:
+                yield Done("refused", verdict.message)
+                return
+
+        ticket = self.scheduler.enter(channel)
+        exchange_id = None
+        finished = False
+        try:
+            async for position in self.scheduler.wait_turn(ticket):
+                yield Queued(position)
+            passages = await asyncio.to_thread(self.knowledge.search, str(guild), question)
+            persona, history = await asyncio.to_thread(self._channel_state, str(channel))
+            try:
+                prompt = await self.scheduler.run(build, self.llm, persona, passages, history, author.name, question,
+                                                  chat.max_answer_tokens)
+            except QuestionTooLong as e:
+                finished = True
+                yield Done("invalid", f"That question is too long for my context ({e.tokens} tokens; at most "
+                                      f"{e.allowed} fit with room for an answer). Please shorten it.")
+                return
+            exchange_id = await asyncio.to_thread(self.memory.start, str(channel), author.id, author.name, question)
+            answer, checked = "", 0
+            async with aclosing(self.scheduler.stream(prompt.messages, prompt.max_answer_tokens)) as pieces:
+                async for piece in pieces:  # leaving this block early stops the generation
+                    answer += piece
+                    yield Piece(piece)
+                    if self.safety is not None and len(answer) - checked >= _CHECK_EVERY:
+                        checked = len(answer)
+                        if refusal := await self._refuse_output(answer, exchange_id):
+                            finished = True
+                            yield refusal
+                            return
+            if self.safety is not None and (refusal := await self._refuse_output(answer, exchange_id)):
+                finished = True
+                yield refusal
+                return
+            sources = tuple(cited(answer, prompt.sources))
+            await asyncio.to_thread(self.memory.finish, exchange_id, answer, list(sources))
+            finished = True
+            yield Done("answer", answer, sources, tuple(prompt.sources))
+        except Exception:
+            log.exception("answering in channel %s failed", channel)
+            if exchange_id is not None and not finished:
+                finished = True
+                await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "error")
+            yield Done("error", ERROR_REPLY)
+        finally:
+            self.scheduler.leave(ticket)
+            if exchange_id is not None and not finished:  # the caller stopped listening mid-answer
+                await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "interrupted")
+
+    async def _refuse_output(self, answer: str, exchange_id: int) -> Done | None:
+        verdict = await asyncio.to_thread(self.safety.check_output, answer)
+        if verdict.allowed:
+            return None
+        await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "refused")
+        return Done("refused", verdict.message)
+
+    def _channel_state(self, channel: str) -> tuple[str, list[Turn]]:
+        persona = self.memory.get_persona(channel) or self.config.chat.persona
+        return persona, self.memory.history(channel, self.config.chat.max_history_turns)
+
+    # --- persona and memory, for the slash commands (blocking calls run off the loop) -------
+
+    async def set_persona(self, channel: str, persona: str) -> None:
+        """Raises ValueError with a one-line reason for an empty or too long persona."""
+        persona = persona.strip()
+        limit = self.config.chat.max_persona_chars
+        if not persona:
+            raise ValueError("The persona is empty; write the instructions the bot should follow in this channel.")
+        if len(persona) > limit:
+            raise ValueError(f"The persona is too long ({len(persona)} characters; at most {limit}).")
+        await asyncio.to_thread(self.memory.set_persona, str(channel), persona)
+
+    async def persona(self, channel: str) -> tuple[str, bool]:
+        """(the persona in use, whether it is the channel's own rather than the default)."""
+        own = await asyncio.to_thread(self.memory.get_persona, str(channel))
+        return (own, True) if own else (self.config.chat.persona, False)
+
+    async def reset_persona(self, channel: str) -> bool:
+        return await asyncio.to_thread(self.memory.reset_persona, str(channel))
+
+    def close(self) -> None:
+        self.scheduler.close()
+        self.memory.close()

@@ -1,0 +1,107 @@
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bot.config import load_config
+from bot.llm import LocalModel, ModelError, RemoteModel
+from bot.model_files import ModelFileError, check_model_file, model_path
+from tests.conftest import ENGINE_ENV, smollm2_path
+
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+            {"role": "user", "content": "What colour is the sky on a clear day?"}]
+
+
+def test_chat_template_comes_from_the_gguf(llm):
+    rendered = llm.render(MESSAGES)
+    assert rendered.startswith("<|im_start|>system\nYou are a helpful")  # SmolLM2's own ChatML template
+    assert rendered.endswith("<|im_start|>assistant\n")
+    tokens = llm.tokenize_prompt(MESSAGES)
+    im_start = llm.llama.tokenize(b"<|im_start|>", add_bos=False, special=True)
+    assert len(im_start) == 1 and tokens.count(im_start[0]) == 3  # markers are control tokens, not text
+    # The template's overhead model matches the real token count.
+    estimate = llm.overhead(2) + sum(llm.count(m["content"]) for m in MESSAGES)
+    assert abs(len(tokens) - estimate) <= 2
+
+
+def test_stream_yields_pieces_and_respects_max_tokens(llm):
+    pieces = list(llm.stream(MESSAGES, 8))
+    assert 1 <= len(pieces) <= 8 and "".join(pieces).strip()
+    assert all(isinstance(p, str) for p in pieces)
+
+
+def test_not_a_gguf_and_too_large_files_are_refused(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"<html>not found</html>")
+    with pytest.raises(ModelFileError, match="not a GGUF model file"):
+        check_model_file(fake, n_gpu_layers=0)
+    huge = tmp_path / "huge.gguf"
+    with open(huge, "wb") as f:  # sparse: takes no disk space
+        f.write(b"GGUF")
+        f.truncate(10**12)  # 1 TB, more than any test machine has
+    with pytest.raises(ModelFileError, match=r"huge.gguf is 1000.0 GB but only .* GB of RAM is free"):
+        check_model_file(huge, n_gpu_layers=0)
+
+
+def test_missing_model_says_what_to_fetch_and_where(tmp_path, monkeypatch):
+    env = {"BOT_MODEL_MODELS_DIR": str(tmp_path / "models")}
+    with pytest.raises(ModelFileError, match=r"download = false: download Meta-Llama-3-8B-Instruct-Q4_K_M.gguf from "
+                                             r"https://huggingface.co/bartowski/Meta-Llama-3-8B-Instruct-GGUF and put it at .*models"):
+        model_path(load_config(None, env={**env, "BOT_MODEL_DOWNLOAD": "false"}).model)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
+    with pytest.raises(ModelFileError, match=r"could not download the model .*put it at"):
+        model_path(load_config(None, env=env).model)
+    with pytest.raises(ModelFileError, match="model.path .*nope.gguf does not exist"):
+        model_path(load_config(None, env={"BOT_MODEL_PATH": str(tmp_path / "nope.gguf")}).model)
+
+
+def test_context_beyond_training_needs_rope_scaling():
+    env = {**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()), "BOT_MODEL_N_CTX": "16384"}
+    with pytest.raises(ModelError, match='beyond what .* was trained on \\(8192\\); set model.rope_scaling = "yarn"'):
+        LocalModel(load_config(None, env=env).model)
+    scaled = LocalModel(load_config(None, env={**env, "BOT_MODEL_ROPE_SCALING": "yarn"}).model)
+    assert scaled.llama.n_ctx() == 16384
+    assert scaled.llama.context_params.rope_freq_scale == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """llama-cpp-python's OpenAI-compatible server on SmolLM2, on a free local port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}/v1"
+    process.terminate()
+    process.wait(10)
+
+
+def test_openai_backend_streams_and_counts_with_the_server_tokenizer(server, llm):
+    config = load_config(None, env={**ENGINE_ENV, "BOT_MODEL_BACKEND": "openai", "BOT_MODEL_BASE_URL": server}).model
+    remote = RemoteModel(config)
+    assert remote._counter[0] == "/extras/tokenize/count"
+    text = "The quarterly report lists revenue by region."
+    assert remote.count(text) == llm.count(text)
+    pieces = list(remote.stream(MESSAGES, 8))
+    assert 1 <= len(pieces) <= 8 and "".join(pieces).strip()
+
+
+def test_openai_backend_unreachable_is_a_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    config = load_config(None, env={"BOT_MODEL_BACKEND": "openai", "BOT_MODEL_BASE_URL": f"http://127.0.0.1:{port}/v1"})
+    with pytest.raises(ModelError, match="cannot reach the model server .* is it running"):
+        RemoteModel(config.model)

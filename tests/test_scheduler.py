@@ -1,0 +1,49 @@
+import asyncio
+
+from bot.scheduler import Scheduler
+
+
+def test_round_robin_keeps_channel_order_and_positions():
+    s = Scheduler(llm=None)
+    a1, a2, a3 = s.enter("A"), s.enter("A"), s.enter("A")
+    b1, c1 = s.enter("B"), s.enter("C")
+    assert a1.running and len(s) == 5
+    # A's second question came first, but its third waits until B and C had a turn.
+    assert [s.position(t) for t in (a2, b1, c1, a3)] == [1, 2, 3, 4]
+    served = []
+    for _ in range(5):
+        running = next(t for t in (a1, a2, a3, b1, c1) if t.running and t not in served)
+        served.append(running)
+        s.leave(running)
+    assert served == [a1, a2, b1, c1, a3] and len(s) == 0
+    s.close()
+
+
+def test_leaving_while_waiting_and_twice():
+    s = Scheduler(llm=None)
+    a1, a2, b1 = s.enter("A"), s.enter("A"), s.enter("B")
+    s.leave(a2)  # gave up while waiting
+    s.leave(a2)
+    assert s.position(b1) == 1 and len(s) == 2
+    s.leave(a1)
+    assert b1.running
+    s.close()
+
+
+async def test_wait_turn_reports_positions_until_running():
+    s = Scheduler(llm=None)
+    first, second, third = s.enter("A"), s.enter("B"), s.enter("C")
+    seen = []
+
+    async def wait(ticket):
+        async for position in s.wait_turn(ticket):
+            seen.append(position)
+
+    task = asyncio.create_task(wait(third))
+    await asyncio.sleep(0.01)
+    s.leave(first)
+    await asyncio.sleep(0.01)
+    s.leave(second)
+    await asyncio.wait_for(task, 1)
+    assert seen == [2, 1] and third.running
+    s.close()
