@@ -13,7 +13,7 @@ import pytest
 from bot.assistant import Assistant
 from bot.discord_app import FAILURE_REPLY, ShardedAssistantBot, build_bot
 from bot.memory import Memory
-from bot.pipeline import Pipeline
+from bot.pipeline import ERROR_REPLY, Pipeline
 from bot.replies import CURSOR
 from cogs.common import NEEDS_MANAGER
 from tests.conftest import ENGINE_ENV, smollm2_path
@@ -334,7 +334,7 @@ async def test_failures_get_a_short_reply_and_a_logged_trace(fake_discord, bot, 
         asked = await fake_discord.user_message("Does this still work?")
         [reply] = await answer_to(fake_discord, asked)
     assert shown.original.content == FAILURE_REPLY and shown.original.ephemeral
-    assert reply.content == "Sorry, something went wrong while answering. Please try again in a moment."
+    assert reply.content == ERROR_REPLY
     assert "Traceback" not in reply.content
     traced = [r for r in caplog.records if r.exc_info]
     assert any("memory show" in r.getMessage() for r in traced) and any("answering" in r.getMessage() for r in traced)
