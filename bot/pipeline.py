@@ -79,6 +79,7 @@ class Done:
 Event = Queued | Piece | Done
 
 ERROR_REPLY = "Sorry, something went wrong while answering. Please try again in a moment."
+EMPTY_REPLY = "Sorry, I could not write an answer to that. Please rephrase the question."
 
 
 class Pipeline:
@@ -142,6 +143,11 @@ class Pipeline:
             if self.safety is not None and (refusal := await self._refuse_output(answer, exchange_id)):
                 finished = True
                 yield refusal
+                return
+            if not answer.strip():  # the model ended its turn at once
+                finished = True
+                await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "error")
+                yield Done("error", EMPTY_REPLY)
                 return
             sources = tuple(cited(answer, prompt.sources))
             await asyncio.to_thread(self.memory.finish, exchange_id, answer, list(sources))

@@ -16,7 +16,7 @@ import asyncio
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable, TypeVar
 
 T = TypeVar("T")
@@ -25,7 +25,7 @@ T = TypeVar("T")
 @dataclass(eq=False)
 class Ticket:
     channel: str
-    running: bool = field(default=False)
+    running: bool = False
 
 
 class Scheduler:
