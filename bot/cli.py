@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--guild", default="console", help="Discord server (guild) id whose documents to use")
     p.add_argument("--channel", default="console", help="channel id: whose memory and persona to use")
     p.set_defaults(run=_console)
+
+    p = sub.add_parser("run", parents=[common], help="start the Discord bot (token from DISCORD_TOKEN or .env)")
+    p.set_defaults(run=_run)
     return parser
 
 
@@ -187,4 +190,25 @@ def _console(config: Config, args) -> int:
         asyncio.run(chat(pipeline, str(args.guild), str(args.channel)))
     finally:
         pipeline.close()
+    return 0
+
+
+def _run(config: Config, args) -> int:
+    if not config.discord_token:
+        raise UserError("DISCORD_TOKEN is not set: put the bot's token in the environment or in a .env file")
+    import discord
+
+    from bot import discord_app
+    from bot.llm import ModelError
+    from bot.model_files import ModelFileError
+
+    try:
+        discord_app.run(config)
+    except (ModelError, ModelFileError) as e:
+        raise UserError(str(e)) from None
+    except discord.LoginFailure:
+        raise UserError("Discord refused the token in DISCORD_TOKEN; copy it again from the Developer Portal") from None
+    except discord.PrivilegedIntentsRequired:
+        raise UserError("discord.message_content_intent is on, but the Message Content intent is not enabled "
+                        "for this bot in the Developer Portal (Bot > Privileged Gateway Intents)") from None
     return 0

@@ -77,12 +77,30 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class DiscordConfig:
+    # Seconds between two edits of a streaming answer (Discord allows about 5 edits per 5 s per channel).
+    edit_interval_s: float = 1.0
+    allow_dms: bool = False  # answer direct messages (without the server's documents)
+    cooldown_s: float = 10.0  # per user, between two questions; 0: none
+    # Role names or ids whose members may add PDFs, besides members with Manage Server.
+    kb_roles: tuple[str, ...] = ()
+    # 0: one process, no sharding. -1: AutoShardedBot with the shard count Discord recommends.
+    # N: AutoShardedBot with N shards in total, of which this process runs shard_ids (empty: all).
+    shard_count: int = 0
+    shard_ids: tuple[str, ...] = ()
+    # Privileged intent (enable it in the Developer Portal too): only needed to read replies that do
+    # not ping the bot; mentions carry their text without it.
+    message_content_intent: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
     discord_token: str = field(default="", repr=False)
 
     @property
@@ -238,6 +256,15 @@ def _check_ranges(config: Config) -> None:
         ("chat.max_question_chars", c.max_question_chars >= 10, "at least 10"),
         ("chat.max_persona_chars", c.max_persona_chars >= 10, "at least 10"),
         ("chat.max_history_turns", c.max_history_turns >= 0, "0 or more"),
+    ]
+    d = config.discord
+    rules += [
+        ("discord.edit_interval_s", 0.05 <= d.edit_interval_s <= 60, "between 0.05 and 60"),
+        ("discord.cooldown_s", d.cooldown_s >= 0, "0 (no cooldown) or more"),
+        ("discord.shard_count", d.shard_count >= -1, "0 (no sharding), -1 (as Discord recommends) or a shard count"),
+        ("discord.shard_ids", not d.shard_ids or (d.shard_count > 0 and all(
+            i.isdigit() and int(i) < d.shard_count for i in d.shard_ids)),
+         "empty, or shard numbers below discord.shard_count (which must then be set)"),
     ]
     for name, ok, allowed in rules:
         if not ok:

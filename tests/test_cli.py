@@ -50,3 +50,9 @@ def test_bad_options_give_one_line(tmp_path):
     assert result.returncode == 1 and result.stderr.strip() == "error: -k must be between 1 and 100"
     result = bot("search", "--guild", "7", "--bogus", "q", data_dir=tmp_path)
     assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
+
+
+def test_run_without_token_says_so_in_one_line(tmp_path):
+    result = bot("run", data_dir=tmp_path / "data")
+    assert result.returncode == 1
+    assert result.stderr == "error: DISCORD_TOKEN is not set: put the bot's token in the environment or in a .env file\n"

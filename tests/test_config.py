@@ -97,3 +97,27 @@ def test_model_and_chat_rules_name_the_key():
 def test_api_key_is_not_printed():
     config = load_config(None, env={"BOT_MODEL_API_KEY": "sk-secret"})
     assert config.model.api_key == "sk-secret" and "sk-secret" not in repr(config)
+
+
+def test_discord_section(tmp_path):
+    path = write(tmp_path, '[discord]\nedit_interval_s = 0.5\nkb_roles = ["Librarian", 1234]\nshard_count = 4\n'
+                           'shard_ids = ["0", "1"]\n')
+    config = load_config(path, env={"BOT_DISCORD_ALLOW_DMS": "yes", "BOT_DISCORD_COOLDOWN_S": "0"})
+    d = config.discord
+    assert (d.edit_interval_s, d.allow_dms, d.cooldown_s) == (0.5, True, 0.0)
+    assert d.kb_roles == ("Librarian", "1234") and d.shard_ids == ("0", "1") and not d.message_content_intent
+    assert load_config(None, env={"BOT_DISCORD_KB_ROLES": "Librarian, Editors"}).discord.kb_roles == ("Librarian", "Editors")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BOT_DISCORD_EDIT_INTERVAL_S": "0"}, "discord.edit_interval_s must be between 0.05 and 60"),
+    ({"BOT_DISCORD_COOLDOWN_S": "-1"}, "discord.cooldown_s must be 0"),
+    ({"BOT_DISCORD_SHARD_COUNT": "-2"}, "discord.shard_count must be"),
+    ({"BOT_DISCORD_SHARD_IDS": "0"}, "discord.shard_ids must be .*shard_count"),
+    ({"BOT_DISCORD_SHARD_COUNT": "2", "BOT_DISCORD_SHARD_IDS": "2"}, "discord.shard_ids must be"),
+    ({"BOT_DISCORD_ALLOW_DMS": "maybe"}, "BOT_DISCORD_ALLOW_DMS = 'maybe' is not a valid bool"),
+    ({"BOT_DISCORD_TOKEN": "x"}, "unknown environment setting BOT_DISCORD_TOKEN"),
+])
+def test_discord_section_is_validated(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, env=env)

@@ -628,11 +628,12 @@ class FakeDiscord:
         previous = {c["name"]: c["id"] for c in self.commands.get(gid, [])}
         synced = []
         for cmd in _strip_nulls(rec.json or []):
+            permissions = cmd.get("default_member_permissions")  # a bitfield; discord.py sends an int
             out = {
                 "id": previous.get(cmd["name"]) or str(self.ids.next()),
                 "application_id": str(self.application_id),
                 "version": str(self.ids.next()),
-                "default_member_permissions": cmd.get("default_member_permissions"),
+                "default_member_permissions": None if permissions is None else str(permissions),  # Discord answers a string
                 "type": cmd.get("type", 1),
                 "name": cmd["name"],
                 "description": cmd.get("description", ""),
