@@ -186,7 +186,7 @@ class KnowledgeBase:
         if not question.strip() or store.chunk_count() == 0:
             return []
         vector_hits = store.vector_search(self.embedder.encode([question])[0], _CANDIDATES)
-        lexical_hits = store.lexical_search(retrieval.fts_query(question), _CANDIDATES)
+        lexical_hits = store.lexical_search(retrieval.query_terms(question), _CANDIDATES)
         stored = store.chunks(retrieval.unique(cid for cid, _ in [*vector_hits, *lexical_hits]))
         doc_of = {cid: c.doc_id for cid, c in stored.items()}
         doc_scores = self._router(store).scores(question)
@@ -199,9 +199,11 @@ class KnowledgeBase:
         key = tuple(d.doc_id for d in docs)
         cached = self._routers.get(store.guild)
         if cached is None or cached[0] != key:
-            label_and_page = (d.profile.partition("\n") for d in docs)
-            terms = {d.doc_id: retrieval.naming_terms(label, page) for d, (label, _, page) in zip(docs, label_and_page)}
-            cached = (key, retrieval.DocumentRouter(terms))
+            parts = {d.doc_id: d.profile.partition("\n")[::2] for d in docs}  # (file label, first page)
+            cached = (key, retrieval.DocumentRouter(
+                {doc_id: retrieval.naming_terms(label, page) for doc_id, (label, page) in parts.items()},
+                {doc_id: retrieval.document_period(label, page) for doc_id, (label, page) in parts.items()},
+            ))
             self._routers[store.guild] = cached
         return cached[1]
 

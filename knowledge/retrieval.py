@@ -43,10 +43,9 @@ def words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text) if w not in _STOPWORDS and (len(w) > 1 or w.isdigit())]
 
 
-def fts_query(question: str) -> str:
-    """An FTS5 query that matches any of the question's content words."""
-    terms = dict.fromkeys(w for w in words(question) if not w[0].isdigit() or len(w) > 1)
-    return " OR ".join(f'"{t}"' for t in terms)
+def query_terms(question: str) -> list[str]:
+    """The question's distinct content words, for word search."""
+    return list(dict.fromkeys(words(question)))
 
 
 def doc_label(file_name: str) -> str:
@@ -69,23 +68,53 @@ def naming_terms(label: str, first_page: str) -> set[str]:
     return set(words(label)) | set(words(" ".join(names)))
 
 
-class DocumentRouter:
-    """Scores how strongly a question names each document, from the documents' naming terms."""
+_MONTHS = {m: i for i, m in enumerate(
+    "january february march april may june july august september october november december".split(), 1)}
+_DATE = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+\d{1,2},?\s+((?:19|20)\d\d)\b", re.IGNORECASE)
+_QUARTER_YEAR = re.compile(r"\bq([1-4])[\s_-]*((?:19|20)\d\d)\b|\b((?:19|20)\d\d)[\s_-]*q([1-4])\b", re.IGNORECASE)
+_RECENT_BOOST = 0.5
+_RECENT = re.compile(r"\b(latest|most recent|newest|current|last)\b", re.IGNORECASE)
 
-    def __init__(self, terms: dict[str, set[str]]):
+
+def document_period(label: str, first_page: str) -> int | None:
+    """When a document is from, in months since year 0: its file label's quarter ("2023 Q3"), else
+    the latest full date on its first page ("July 1, 2023"). None if it says neither."""
+    for m in _QUARTER_YEAR.finditer(label):
+        quarter, year = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        return int(year) * 12 + int(quarter) * 3
+    dates = [int(m.group(2)) * 12 + _MONTHS[m.group(1).lower()] for m in _DATE.finditer(first_page)]
+    return max(dates, default=None)
+
+
+class DocumentRouter:
+    """Scores how strongly a question names each document, from the documents' naming terms.
+
+    A question that asks for the latest/most recent one also points at the newest of the documents
+    it names (or of all documents, if it names none).
+    """
+
+    def __init__(self, terms: dict[str, set[str]], periods: dict[str, int | None]):
         self._terms = terms
+        self._periods = periods
         df = Counter(t for terms in self._terms.values() for t in terms)
         n = len(self._terms)
         # Terms in every document name none of them (idf 0); rarer terms weigh more.
         self._idf = {t: math.log(n / c) for t, c in df.items()}
 
     def scores(self, question: str) -> dict[str, float]:
-        """doc_id -> share of the question's naming power that points at this document, in [0, 1]."""
+        """doc_id -> how strongly the question points at this document: the share of its naming
+        power (0 to 1), plus _RECENT_BOOST for the newest one when it asks for the latest."""
         q_terms = set(words(question)) & self._idf.keys()
         total = sum(self._idf[t] for t in q_terms)
-        if total <= 0:
-            return {}
-        return {doc_id: sum(self._idf[t] for t in q_terms & terms) / total for doc_id, terms in self._terms.items()}
+        named = {doc_id: sum(self._idf[t] for t in q_terms & terms) / total
+                 for doc_id, terms in self._terms.items()} if total > 0 else {}
+        if not _RECENT.search(question):
+            return named
+        best = max(named.values(), default=0.0)
+        candidates = [d for d in self._terms if named.get(d, 0.0) >= best / 2 and self._periods.get(d) is not None]
+        newest = max((self._periods[d] for d in candidates), default=None)
+        return {d: named.get(d, 0.0) + (_RECENT_BOOST if d in candidates and self._periods[d] == newest else 0.0)
+                for d in self._terms}
 
 
 def fuse(
