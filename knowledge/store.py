@@ -135,7 +135,7 @@ class GuildStore:
         if n <= 0 or self._collection.count() == 0:
             return []
         result = self._collection.query(query_embeddings=[embedding.tolist()], n_results=n, include=["distances"])
-        live = self._live_chunk_filter(result["ids"][0])
+        live = self.chunks(result["ids"][0])  # only chunks of committed documents are in SQLite
         return [(cid, 1.0 - d) for cid, d in zip(result["ids"][0], result["distances"][0]) if cid in live]
 
     def lexical_search(self, terms: Sequence[str], n: int) -> list[tuple[str, float]]:
@@ -176,9 +176,6 @@ class GuildStore:
             list(chunk_ids),
         ).fetchall()
         return {row[0]: StoredChunk(*row) for row in rows}
-
-    def _live_chunk_filter(self, chunk_ids: Sequence[str]) -> set[str]:
-        return set(self.chunks(chunk_ids))
 
     # --- writes ------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.pdfs import make_pdf
 
 GUILD, OTHER = "111", "222"
@@ -121,3 +123,11 @@ def test_kill_during_ingest_leaves_old_document_whole(tmp_path, embedder):
     assert store._collection.count() == doc.chunks == store.chunk_count()
     hits = kb.search(GUILD, "paid vacation days", k=10)
     assert hits and all("vacation" not in p.text and "flour" in p.text for p in hits)
+
+
+def test_missing_embedding_model_says_what_to_do(tmp_path):
+    from knowledge.embeddings import Embedder, EmbeddingModelError
+
+    missing = Embedder(str(tmp_path / "no-such-model"), device="cpu")
+    with pytest.raises(EmbeddingModelError, match="cannot load embedding model .*set knowledge.embedding_model to a local directory"):
+        missing.encode(["hello"])
