@@ -50,7 +50,10 @@ def test_missing_model_says_what_to_fetch_and_where(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError, match=r"download = false: download Meta-Llama-3-8B-Instruct-Q4_K_M.gguf from "
                                              r"https://huggingface.co/bartowski/Meta-Llama-3-8B-Instruct-GGUF and put it at .*models"):
         model_path(load_config(None, env={**env, "BOT_MODEL_DOWNLOAD": "false"}).model)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
+    import huggingface_hub.constants
+
+    # As on a machine without network (the variable HF_HUB_OFFLINE is read once, at import).
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelFileError, match=r"could not download the model .*put it at"):
         model_path(load_config(None, env=env).model)
     with pytest.raises(ModelFileError, match="model.path .*nope.gguf does not exist"):
