@@ -375,9 +375,10 @@ class ServerModel(RemoteModel):
                     "--n_batch", str(c.n_batch), "--flash_attn", str(c.flash_attn),
                     "--n_threads", str(c.n_threads or os.cpu_count())]
         return [c.server_binary, "-m", str(self.path), "--host", "127.0.0.1", "--port", str(self.port),
-                # -c is split between the slots: each gets n_ctx tokens and its own KV range. (A unified
-                # cache, --kv-unified, made each sequence attend over every slot's cells: 199 tokens/s in
-                # total at 16 channels on an H100 against 469 for llama-server without it.)
+                # -c is split between the slots: each gets n_ctx tokens and its own KV range. With a unified
+                # cache (--kv-unified) the engine measured 199 tokens/s in total at 16 channels on an H100,
+                # against 469 for llama-server without it in the same run; the likely cause is attention
+                # over every slot's cells. Not yet re-measured without it.
                 "-c", str(c.n_ctx * c.parallel), "-np", str(c.parallel), "--cont-batching",
                 "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers), "-b", str(max(c.n_batch, 2048)),
                 "-fa", "on" if c.flash_attn else "off", "-ctk", c.kv_cache_type, "-ctv", c.kv_cache_type,
