@@ -42,8 +42,11 @@ class KnowledgeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # "local": llama.cpp in this process. "openai": any OpenAI-compatible server at base_url.
-    backend: Literal["local", "openai"] = "local"
+    # "local": llama.cpp in this process, one answer at a time.
+    # "server": the bot starts and supervises llama.cpp's llama-server (server_binary) on 127.0.0.1 and
+    #           answers up to `parallel` channels at once with its continuous batching (the GPU choice).
+    # "openai": any OpenAI-compatible server at base_url, started by someone else.
+    backend: Literal["local", "server", "openai"] = "local"
     # A GGUF file. Empty: models_dir/file, downloaded once from the Hugging Face repo below.
     path: str = ""
     repo: str = "bartowski/Meta-Llama-3-8B-Instruct-GGUF"
@@ -56,6 +59,13 @@ class ModelConfig:
     n_gpu_layers: int = -1  # -1: every layer on the GPU; 0: CPU only
     n_threads: int = 0  # 0: one per CPU core
     n_batch: int = 512
+    flash_attn: bool = True  # flash attention: faster prefill and less KV memory on GPUs
+    # KV cache element type: "q8_0" halves the cache (1 GB -> 0.53 GB per 8k sequence of Llama-3-8B).
+    kv_cache_type: Literal["f16", "q8_0"] = "f16"
+    # server backend: channels answered at once (llama-server slots, each with n_ctx tokens of context)
+    parallel: int = 8
+    server_binary: str = "llama-server"  # a path, or a name on PATH
+    server_port: int = 0  # 0: a free port
     temperature: float = 0.7
     top_p: float = 0.95
     # openai backend only
@@ -250,6 +260,8 @@ def _check_ranges(config: Config) -> None:
         ("model.top_p", 0 < m.top_p <= 1, "above 0 and at most 1"),
         ("model.base_url", m.backend != "openai" or m.base_url.startswith(("http://", "https://")),
          'an http:// or https:// URL when model.backend = "openai"'),
+        ("model.parallel", 1 <= m.parallel <= 64, "between 1 and 64"),
+        ("model.server_port", 0 <= m.server_port <= 65535, "0 (a free port) or a TCP port"),
         ("model.request_timeout_s", m.request_timeout_s > 0, "above 0"),
         ("chat.persona", 0 < len(c.persona.strip()) <= c.max_persona_chars, "non-empty and at most chat.max_persona_chars characters"),
         ("chat.max_answer_tokens", 16 <= c.max_answer_tokens <= m.n_ctx // 2, "between 16 and half of model.n_ctx"),

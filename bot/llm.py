@@ -13,12 +13,18 @@ so llama.cpp reuses its KV cache for the prompt prefix that did not change since
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 import json
 import logging
 import math
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,10 +54,17 @@ class LLM(Protocol):
 
 
 def load_model(config: ModelConfig) -> LLM:
+    if config.backend == "server":
+        return ServerModel(config)
     return RemoteModel(config) if config.backend == "openai" else LocalModel(config)
 
 
+_GGML_TYPE = {"f16": 1, "q8_0": 8}  # ggml_type values for the KV cache
+
+
 class LocalModel:
+    parallel = 1  # one llama_context, one sequence: the scheduler runs one answer at a time
+
     def __init__(self, config: ModelConfig, path: Path | None = None):
         import llama_cpp
 
@@ -62,7 +75,8 @@ class LocalModel:
         check_model_file(self.path, config.n_gpu_layers)
         self.n_ctx = config.n_ctx
         kwargs = dict(n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_batch=config.n_batch,
-                      n_threads=config.n_threads or os.cpu_count(), verbose=False)
+                      n_threads=config.n_threads or os.cpu_count(), flash_attn=config.flash_attn,
+                      type_k=_GGML_TYPE[config.kv_cache_type], type_v=_GGML_TYPE[config.kv_cache_type], verbose=False)
         if config.rope_scaling != "none":
             trained = _trained_context(llama_cpp.Llama(str(self.path), vocab_only=True, verbose=False).metadata)
             kwargs["rope_freq_scale"] = min(1.0, trained / config.n_ctx)
@@ -138,30 +152,96 @@ class LocalModel:
         return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
     def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
-               logits_processor=None) -> Iterator[str]:
+               logits_processor=None, logit_bias: dict[int, float] | None = None) -> Iterator[str]:
         """Yield text pieces until an end-of-turn token, max_tokens, or `cancel` is set.
 
-        logits_processor is llama.cpp's hook (the benchmark bans end-of-turn with it).
+        logit_bias ({token: bias}, -inf bans) runs inside llama.cpp's sampler chain; logits_processor is
+        llama-cpp-python's Python hook, much slower per token (a copy of all 128k logits), kept for callers
+        that need arbitrary Python.
         """
         tokens = self.tokenize_prompt(messages)
         max_tokens = min(max_tokens, self.n_ctx - len(tokens))
         if max_tokens <= 0:
             raise ModelError(f"the prompt ({len(tokens)} tokens) fills the whole context ({self.n_ctx})")
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        if logits_processor is not None:
+            pieces = self._generate_python(tokens, max_tokens, cancel, logits_processor)
+        else:
+            pieces = self._generate_native(tokens, max_tokens, cancel, logit_bias or {})
+        for data in pieces:
+            piece = decoder.decode(data)
+            if piece:
+                yield piece
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def _generate_python(self, tokens, max_tokens, cancel, logits_processor) -> Iterator[bytes]:
         generated = 0
         for token in self.llama.generate(tokens, temp=self.config.temperature, top_p=self.config.top_p,
                                          logits_processor=logits_processor):
             if self._is_eog(self._vocab, token) or (cancel is not None and cancel.is_set()):
                 break
-            piece = decoder.decode(self.llama.detokenize([token]))
-            if piece:
-                yield piece
+            yield self.llama.detokenize([token])
             generated += 1
             if generated >= max_tokens:
                 break
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
+
+    def _sampler_chain(self, logit_bias: dict[int, float]):
+        """llama.cpp's own sampler chain (the same steps Llama.generate uses by default: top-k 40, top-p,
+        min-p 0.05, temperature), so a token costs no Python beyond a few ctypes calls."""
+        import llama_cpp as lc
+
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if logit_bias:
+            biases = (lc.llama_logit_bias * len(logit_bias))(
+                *[lc.llama_logit_bias(token, bias) for token, bias in logit_bias.items()])
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_logit_bias(self.llama.n_vocab(), len(logit_bias), biases))
+        if self.config.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return chain
+        for sampler in (lc.llama_sampler_init_top_k(40), lc.llama_sampler_init_top_p(self.config.top_p, 1),
+                        lc.llama_sampler_init_min_p(0.05, 1), lc.llama_sampler_init_temp(self.config.temperature),
+                        lc.llama_sampler_init_dist(int.from_bytes(os.urandom(4), "little"))):
+            lc.llama_sampler_chain_add(chain, sampler)
+        return chain
+
+    def _generate_native(self, tokens: list[int], max_tokens: int, cancel, logit_bias) -> Iterator[bytes]:
+        """Prefill only what differs from the tokens already in the KV cache, then decode one token at a
+        time with llama.cpp's sampler chain: per token, a decode, a sample and a token_to_piece call."""
+        import ctypes
+
+        import llama_cpp as lc
+
+        llama = self.llama
+        cached = llama.input_ids[:llama.n_tokens].tolist()
+        same = 0
+        for a, b in zip(cached, tokens):
+            if a != b:
+                break
+            same += 1
+        llama.n_tokens = min(same, len(tokens) - 1)  # at least one token to decode, for fresh logits
+        llama.eval(tokens[llama.n_tokens:])  # drops the cache beyond the shared prefix, fills in the rest
+        ctx, vocab, chain = llama.ctx, self._vocab, self._sampler_chain(logit_bias)
+        one = (lc.llama_token * 1)()
+        buffer = ctypes.create_string_buffer(256)
+        is_eog, sample, to_piece, decode = self._is_eog, lc.llama_sampler_sample, lc.llama_token_to_piece, lc.llama_decode
+        try:
+            for generated in range(max_tokens):
+                token = sample(chain, ctx, -1)
+                if is_eog(vocab, token) or (cancel is not None and cancel.is_set()):
+                    break
+                n = to_piece(vocab, token, buffer, 256, 0, False)
+                yield buffer.raw[:n] if n > 0 else b""
+                if generated + 1 == max_tokens or llama.n_tokens >= self.n_ctx:
+                    break
+                one[0] = token
+                if decode(ctx, lc.llama_batch_get_one(one, 1)) != 0:
+                    raise ModelError("llama_decode failed while generating")
+                llama.input_ids[llama.n_tokens] = token  # the KV cache now holds it: reusable next turn
+                llama.n_tokens += 1
+        finally:
+            lc.llama_sampler_free(chain)
 
 
 class RemoteModel:
@@ -178,6 +258,8 @@ class RemoteModel:
 
     def __init__(self, config: ModelConfig):
         self.config = config
+        # Requests the scheduler may send at once; a server someone else runs decides for itself.
+        self.parallel = config.parallel
         self.n_ctx = config.n_ctx
         self.base = config.base_url.rstrip("/")
         self._root = self.base.removesuffix("/v1")
@@ -223,9 +305,12 @@ class RemoteModel:
     def overhead(self, n_messages: int) -> int:
         return self._PER_MESSAGE * (n_messages + 1)
 
-    def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None) -> Iterator[str]:
+    def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
+               logit_bias: dict[int, float] | None = None) -> Iterator[str]:
         body = {"messages": messages, "max_tokens": max_tokens, "stream": True,
                 "temperature": self.config.temperature, "top_p": self.config.top_p}
+        if logit_bias:  # OpenAI's form; -100 bans a token in practice
+            body["logit_bias"] = {str(t): max(-100.0, min(100.0, b)) for t, b in logit_bias.items()}
         if self.config.remote_model:
             body["model"] = self.config.remote_model
         try:
@@ -248,6 +333,117 @@ class RemoteModel:
                 piece = (choices[0].get("delta") or {}).get("content")
                 if piece:
                     yield piece
+
+
+class ServerModel(RemoteModel):
+    """llama.cpp's llama-server, started and supervised by the bot, reached as an OpenAI-compatible server.
+
+    One process on 127.0.0.1 with `model.parallel` slots of `model.n_ctx` tokens each: llama.cpp's
+    continuous batching decodes the answers of several channels in one GPU pass, and each slot keeps its
+    last prompt in the KV cache, so a channel's next question only prefills what changed (slots are
+    picked by prompt similarity). If the process dies it is started again before the next answer.
+    server_binary may also be "llama_cpp.server" (llama-cpp-python's own server, one slot) for machines
+    without llama-server.
+    """
+
+    def __init__(self, config: ModelConfig, path: Path | None = None, start_timeout_s: float = 300.0):
+        from bot.model_files import check_model_file, model_path
+
+        self.path = path or model_path(config)
+        check_model_file(self.path, config.n_gpu_layers)
+        self.start_timeout_s = start_timeout_s
+        self._python_server = config.server_binary == "llama_cpp.server"
+        if not self._python_server and shutil.which(config.server_binary) is None:
+            raise ModelError(f"model.server_binary {config.server_binary!r} is not an executable file or a program on "
+                             f"PATH; build llama.cpp's llama-server (cmake --build build --target llama-server) or "
+                             f'use model.backend = "local"')
+        port = config.server_port or _free_port()
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self.restarts = -1
+        config = dataclasses.replace(config, base_url=f"http://127.0.0.1:{port}/v1",
+                                     parallel=1 if self._python_server else config.parallel)
+        self.config, self.port = config, port
+        self._ensure_running()
+        super().__init__(config)
+
+    def command(self) -> list[str]:
+        c = self.config
+        if self._python_server:
+            return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.path), "--host", "127.0.0.1",
+                    "--port", str(self.port), "--n_ctx", str(c.n_ctx), "--n_gpu_layers", str(c.n_gpu_layers),
+                    "--n_batch", str(c.n_batch), "--flash_attn", str(c.flash_attn),
+                    "--n_threads", str(c.n_threads or os.cpu_count())]
+        return [c.server_binary, "-m", str(self.path), "--host", "127.0.0.1", "--port", str(self.port),
+                # -c is split between the slots: each gets n_ctx tokens and its own KV range. With a unified
+                # cache (--kv-unified) the engine measured 199 tokens/s in total at 16 channels on an H100,
+                # against 469 for llama-server without it in the same run; the likely cause is attention
+                # over every slot's cells. Not yet re-measured without it.
+                "-c", str(c.n_ctx * c.parallel), "-np", str(c.parallel), "--cont-batching",
+                "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers), "-b", str(max(c.n_batch, 2048)),
+                "-fa", "on" if c.flash_attn else "off", "-ctk", c.kv_cache_type, "-ctv", c.kv_cache_type,
+                "-t", str(c.n_threads or os.cpu_count()), "--jinja", "--no-webui"]
+
+    def _ensure_running(self) -> None:
+        with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                return
+            if self._process is not None:
+                log.warning("model server exited with status %s; starting it again", self._process.returncode)
+            self.restarts += 1
+            self._process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, start_new_session=True)
+            stderr_tail: list[bytes] = []
+            threading.Thread(target=_drain, args=(self._process.stderr, stderr_tail), daemon=True).start()
+            deadline = time.monotonic() + self.start_timeout_s
+            url = f"http://127.0.0.1:{self.port}/v1/models"
+            while True:
+                if self._process.poll() is not None:
+                    time.sleep(0.2)  # let the reader thread take the last lines
+                    tail = b"".join(stderr_tail)[-800:].decode("utf-8", "replace").strip()
+                    raise ModelError(f"the model server ({self.command()[0]}) exited with status "
+                                     f"{self._process.returncode} while starting: {tail}")
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass  # still loading (llama-server answers 503 until the model is in memory)
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise ModelError(f"the model server did not answer within {self.start_timeout_s:.0f} s")
+                time.sleep(0.1)
+            log.info("model server up on port %d (pid %d, %d slots)", self.port, self._process.pid, self.config.parallel)
+
+    def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
+               logit_bias: dict[int, float] | None = None) -> Iterator[str]:
+        self._ensure_running()
+        yield from super().stream(messages, max_tokens, cancel, logit_bias)
+
+    def describe(self) -> str:
+        return f"{self.path.name} (llama-server, {self.config.parallel} slots of {self.n_ctx} tokens)"
+
+    def close(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _drain(stream, tail: list[bytes]) -> None:
+    for line in stream:  # keeps the pipe from filling up; the last lines explain a failed start
+        tail.append(line)
+        del tail[:-20]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _trained_context(meta: dict) -> int:

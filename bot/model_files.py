@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from bot.config import ModelConfig
@@ -75,12 +77,23 @@ def available_ram_bytes() -> int | None:
 
 
 def free_gpu_bytes() -> int | None:
-    """Free memory of the first CUDA GPU, or None without one (then the model loads into RAM)."""
-    try:
-        import torch
+    """Free memory of the first CUDA GPU, or None without one (then the model loads into RAM).
 
-        if torch.cuda.is_available():
-            return torch.cuda.mem_get_info()[0]
-    except Exception:  # a broken CUDA install: treat as no GPU
+    Asks nvidia-smi rather than importing torch: torch's CUDA libraries loaded after llama.cpp's CUDA
+    build in the same process crashed it (segmentation fault) on an H100 with CUDA 13.
+    """
+    if "torch" in sys.modules:  # already loaded: asking it is safe and cheap
+        try:
+            torch = sys.modules["torch"]
+            if torch.cuda.is_available():
+                return torch.cuda.mem_get_info()[0]
+        except Exception:
+            pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return int(float(out.stdout.split()[0])) * 2**20
+    except (OSError, ValueError, subprocess.TimeoutExpired):  # no NVIDIA driver: no GPU
         pass
     return None

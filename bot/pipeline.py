@@ -198,3 +198,5 @@ class Pipeline:
     def close(self) -> None:
         self.scheduler.close()
         self.memory.close()
+        if callable(close_model := getattr(self.llm, "close", None)):
+            close_model()  # stops a model server the bot started

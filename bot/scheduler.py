@@ -1,13 +1,16 @@
 """One model, many channels: fair turns, and the model's work on its own thread.
 
-Each request takes a Ticket for its channel. Tickets wait in a FIFO per channel; when the model is
-free, the next turn goes to the channel that has waited longest since its last turn (round-robin over
+Each request takes a Ticket for its channel. Tickets wait in a FIFO per channel; when the model has a
+free slot, the next turn goes to the channel that has waited longest since its last turn (round-robin over
 channels with waiting requests), so one busy channel cannot starve the others and each channel's
 requests run in the order they were asked. A ticket's position (1 = next) is what the bot shows as
 "you're #3 in line"; `len(scheduler)` counts running + waiting requests for /status.
 
-llama.cpp runs on one worker thread; tokens reach the event loop with call_soon_threadsafe, so the loop
-(and the Discord heartbeat) never waits on the model.
+`parallel` (the model's `parallel` attribute: 1 for llama.cpp in this process, the slot count of a
+llama-server) turns may run at once, at most one per channel: a channel's next question must see the last
+answer in its history, and its prompt then extends the one in the KV cache. The model's work runs on
+`parallel` worker threads; tokens reach the event loop with call_soon_threadsafe, so the loop (and the
+Discord heartbeat) never waits on the model.
 """
 
 from __future__ import annotations
@@ -29,15 +32,16 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, llm):
+    def __init__(self, llm, parallel: int | None = None):
         self.llm = llm
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="llm")
+        self.parallel = max(1, parallel or getattr(llm, "parallel", 1))
+        self._thread = ThreadPoolExecutor(self.parallel, thread_name_prefix="llm")
         self._waiting: dict[str, deque[Ticket]] = {}  # rotation order: next channel to serve first
-        self._running: Ticket | None = None
+        self._running: list[Ticket] = []
         self._changed: asyncio.Future | None = None
 
     def __len__(self) -> int:
-        return sum(map(len, self._waiting.values())) + (self._running is not None)
+        return sum(map(len, self._waiting.values())) + len(self._running)
 
     def enter(self, channel: str) -> Ticket:
         ticket = Ticket(str(channel))
@@ -47,8 +51,8 @@ class Scheduler:
 
     def leave(self, ticket: Ticket) -> None:
         """Done (or given up): frees the model for the next turn. Safe to call twice."""
-        if ticket is self._running:
-            self._running = None
+        if ticket in self._running:
+            self._running.remove(ticket)
         elif ticket.channel in self._waiting and ticket in self._waiting[ticket.channel]:
             self._waiting[ticket.channel].remove(ticket)
             if not self._waiting[ticket.channel]:
@@ -82,11 +86,15 @@ class Scheduler:
             await asyncio.shield(self._changed)  # a cancelled waiter must not cancel the shared future
 
     def _next(self) -> None:
-        if self._running is None and self._waiting:
-            channel = next(iter(self._waiting))
+        while len(self._running) < self.parallel:
+            busy = {t.channel for t in self._running}
+            channel = next((c for c in self._waiting if c not in busy), None)
+            if channel is None:
+                break
             queue = self._waiting.pop(channel)
-            self._running = queue.popleft()
-            self._running.running = True
+            ticket = queue.popleft()
+            ticket.running = True
+            self._running.append(ticket)
             if queue:
                 self._waiting[channel] = queue  # back of the rotation
         if self._changed is not None:

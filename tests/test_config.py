@@ -75,11 +75,18 @@ def test_model_and_chat_sections(tmp_path):
     defaults = load_config(None, env={})
     assert defaults.model.n_gpu_layers == -1 and defaults.model.n_ctx == 8192
     assert defaults.model.file == "Meta-Llama-3-8B-Instruct-Q4_K_M.gguf"
+    assert defaults.model.flash_attn and defaults.model.backend == "local" and defaults.model.parallel == 8
+    server = load_config(None, env={"BOT_MODEL_BACKEND": "server", "BOT_MODEL_PARALLEL": "16",
+                                    "BOT_MODEL_FLASH_ATTN": "false", "BOT_MODEL_KV_CACHE_TYPE": "q8_0"}).model
+    assert (server.backend, server.parallel, server.flash_attn, server.kv_cache_type) == ("server", 16, False, "q8_0")
 
 
 def test_model_and_chat_rules_name_the_key():
     cases = [
-        ({"BOT_MODEL_BACKEND": "ollama"}, "choose one of: local, openai"),
+        ({"BOT_MODEL_BACKEND": "ollama"}, "choose one of: local, server, openai"),
+        ({"BOT_MODEL_PARALLEL": "0"}, "model.parallel must be between 1 and 64"),
+        ({"BOT_MODEL_KV_CACHE_TYPE": "q4_0"}, "choose one of: f16, q8_0"),
+        ({"BOT_MODEL_SERVER_PORT": "70000"}, "model.server_port must be 0 (a free port) or a TCP port"),
         ({"BOT_MODEL_ROPE_SCALING": "ntk"}, "choose one of: none, linear, yarn"),
         ({"BOT_MODEL_N_CTX": "100"}, "model.n_ctx must be between 512 and 131072"),
         ({"BOT_MODEL_N_GPU_LAYERS": "-2"}, "model.n_gpu_layers must be -1"),

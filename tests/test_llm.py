@@ -107,3 +107,59 @@ def test_openai_backend_unreachable_is_a_clear_error():
     config = load_config(None, env={"BOT_MODEL_BACKEND": "openai", "BOT_MODEL_BASE_URL": f"http://127.0.0.1:{port}/v1"})
     with pytest.raises(ModelError, match="cannot reach the model server .* is it running"):
         RemoteModel(config.model)
+
+
+def test_native_sampling_bans_tokens_and_reuses_the_kv_prefix(llm):
+    import llama_cpp
+
+    eog = [t for t in range(llm.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm.llama._model.vocab, t)]
+    # With end-of-turn banned in llama.cpp's own sampler chain, the answer runs to max_tokens exactly.
+    pieces = list(llm.stream(MESSAGES, 24, logit_bias={t: float("-inf") for t in eog}))
+    assert len(pieces) == 24
+    first_prompt = llm.tokenize_prompt(MESSAGES)
+    assert llm.llama.n_tokens == len(first_prompt) + 23  # the prompt and all answer tokens but the last
+    # Greedy, same prompt: the same text as llama-cpp-python's own generate() loop.
+    greedy = list(llm.stream(MESSAGES, 12))
+    python = list(llm.stream(MESSAGES, 12, logits_processor=llama_cpp.LogitsProcessorList([lambda ids, s: s])))
+    assert "".join(greedy) == "".join(python)
+    # The next turn extends the prompt: only the new tokens are decoded, the rest stays in the KV cache.
+    follow_up = MESSAGES + [{"role": "assistant", "content": "".join(greedy)}, {"role": "user", "content": "Why?"}]
+    tokens = llm.tokenize_prompt(follow_up)
+    kept = []
+    original_eval = llm.llama.eval
+    llm.llama.eval = lambda batch: (kept.append(llm.llama.n_tokens), original_eval(batch))[1]
+    try:
+        list(llm.stream(follow_up, 4))
+    finally:
+        del llm.llama.eval
+    assert kept[0] >= len(first_prompt) and kept[0] < len(tokens)
+
+
+def test_server_backend_starts_supervises_and_stops_its_server(llm):
+    from bot.llm import ServerModel, load_model
+
+    env = {**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()), "BOT_MODEL_BACKEND": "server",
+           "BOT_MODEL_SERVER_BINARY": "llama_cpp.server"}
+    model = load_model(load_config(None, env=env).model)
+    try:
+        assert isinstance(model, ServerModel) and model.parallel == 1 and model.restarts == 0
+        text = "The quarterly report lists revenue by region."
+        assert model.count(text) == llm.count(text)  # the server's own tokenizer
+        assert "".join(model.stream(MESSAGES, 8)).strip()
+        process = model._process
+        process.kill()  # as if it crashed
+        process.wait()
+        assert "".join(model.stream(MESSAGES, 8)).strip()  # started again before answering
+        assert model.restarts == 1 and model._process.pid != process.pid
+    finally:
+        model.close()
+    assert process.poll() is not None and model._process is None
+
+
+def test_server_backend_names_a_missing_binary():
+    env = {**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()), "BOT_MODEL_BACKEND": "server",
+           "BOT_MODEL_SERVER_BINARY": "/nonexistent/llama-server"}
+    from bot.llm import load_model
+
+    with pytest.raises(ModelError, match="server_binary '/nonexistent/llama-server' is not an executable"):
+        load_model(load_config(None, env=env).model)

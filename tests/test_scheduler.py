@@ -47,3 +47,16 @@ async def test_wait_turn_reports_positions_until_running():
     await asyncio.wait_for(task, 1)
     assert seen == [2, 1] and third.running
     s.close()
+
+
+def test_parallel_slots_serve_several_channels_but_one_turn_per_channel():
+    s = Scheduler(llm=None, parallel=3)
+    a1, a2, b1, c1, d1 = s.enter("A"), s.enter("A"), s.enter("B"), s.enter("C"), s.enter("D")
+    # Three slots: A, B and C run together; A's second question waits for A's first although D waits too.
+    assert [t.running for t in (a1, a2, b1, c1, d1)] == [True, False, True, True, False]
+    assert len(s) == 5 and s.position(a2) == 1 and s.position(d1) == 2
+    s.leave(b1)  # a free slot, and A is still busy: D goes first
+    assert d1.running and not a2.running
+    s.leave(a1)
+    assert a2.running and len(s) == 3
+    s.close()

@@ -1,0 +1,512 @@
+"""GPU benchmark: raw llama.cpp beside this project's engine, same build, same run; prints ONE table.
+
+Run it through benchmarks/gpu_bench.sh (it builds llama.cpp with CUDA, installs llama-cpp-python on
+that build, writes the synthetic Llama-3-8B Q4_K_M model and then calls this script):
+
+    bash benchmarks/gpu_bench.sh DIST_DIR
+
+or directly, once those exist:
+
+    PYTHONPATH=SITE:. LLAMA_CPP_LIB_PATH=BUILD/bin LD_LIBRARY_PATH=BUILD/bin \\
+        python3 benchmarks/gpu_bench.py --model synth-llama3-8b-q4km.gguf --bin BUILD/bin \\
+        [--pdfs DIR] [--embedder DIR] [--json OUT.json]
+
+Rows (flash attention on everywhere, end-of-turn tokens banned so every answer has its full length):
+- llama-bench pp512/pp2048/tg128, and llama-server -np 16 with 16 and 1 client(s) at once: the raw
+  llama.cpp reference.
+- "engine": this project's bot.pipeline.Pipeline.answer (scheduler, memory in SQLite, prompt builder,
+  chat template, streaming to the event loop) on the two GPU backends: model.backend = "local"
+  (llama-cpp-python in the bot's process, native sampler loop) and model.backend = "server" (the bot
+  starts llama-server itself). First token is timed from the message reaching the pipeline.
+- Retrieval on the GPU machine: the question is embedded by the project's Embedder on the GPU and
+  ranked against the channel's passages in numpy. Chroma is not installed there (too big to carry
+  beside the llama.cpp sources), so the Chroma + SQLite FTS5 lookup is NOT in these first-token
+  figures; benchmarks/query_latency.py measures it on a CPU machine.
+- Embedding on the GPU during ingestion: pypdf extraction + the project's chunking + Embedder on
+  the GPU (float16), end to end over the PDFs given; storing into Chroma is left out (not installed).
+  With --embedder a directory holding all-MiniLM-L6-v2's config and tokenizer without weights,
+  weights of the same shapes are made up (speed does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import faulthandler
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.request
+from pathlib import Path
+
+import numpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bot.config import load_config  # noqa: E402
+from bot.llm import LocalModel, ServerModel, _free_port  # noqa: E402
+from bot.memory import Memory  # noqa: E402
+from bot.pipeline import Author, Done, Piece, Pipeline  # noqa: E402
+
+EOS = (128001, 128009)  # Llama-3's <|end_of_text|> and <|eot_id|>
+BAN = {t: float("-inf") for t in EOS}
+WORDS = ("the report revenue quarter growth customer market product service cost margin region sales team "
+         "policy leave employee manager request approval budget forecast risk audit contract supplier "
+         "delivery schedule project milestone review training safety office remote hours payment invoice "
+         "account balance cash flow asset liability equity share price dividend tax income expense net "
+         "operating segment international domestic segment loss gain fiscal year period compared increase "
+         "decrease percent million billion total adjusted basis note statement section table page").split()
+ROWS: list[tuple[str, str, str, str]] = []  # sections that failed: (what, reason, "", "")
+FIGURES: dict[str, float] = {}
+
+
+def row(what: str, raw: str = "", engine: str = "", target: str = "") -> None:
+    ROWS.append((what, raw, engine, target))
+    print(f"  {what}: raw {raw or '-'} | engine {engine or '-'} | target {target or '-'}", flush=True)
+
+
+def section(name: str):
+    def wrap(fn):
+        def run(*args, **kwargs):
+            print(f"== {name}", flush=True)
+            started = time.perf_counter()
+            try:
+                fn(*args, **kwargs)
+            except Exception as e:  # one broken part must not cost the whole table
+                traceback.print_exc()
+                row(name, f"FAILED: {e.__class__.__name__}: {str(e)[:120]}")
+            print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
+        return run
+    return wrap
+
+
+def text(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words)).capitalize() + "."
+
+
+@dataclasses.dataclass(frozen=True)
+class Passage:  # the fields of knowledge.base.Passage that the prompt builder reads
+    file: str
+    page: int
+    score: float
+    text: str
+    chunk_id: str
+
+
+class GpuKnowledge:
+    """Each guild's passages, ranked by the project's Embedder on the GPU (stands in for Chroma + FTS5)."""
+
+    def __init__(self, embedder, passages_per_guild: int = 8, top_k: int = 5):
+        self.embedder, self.n, self.top_k = embedder, passages_per_guild, top_k
+        self.guilds: dict[str, tuple[list[Passage], object]] = {}
+
+    def add_guild(self, guild: str, words_per_passage: int) -> None:
+        rng = random.Random(guild)
+        passages = [Passage(f"{guild}-report.pdf", i + 1, 0.0, text(rng, words_per_passage), f"{guild}:{i}")
+                    for i in range(self.n)]
+        vectors = self.embedder.encode([p.text for p in passages]) if self.embedder is not None else None
+        self.guilds[guild] = (passages, vectors)
+
+    def search(self, guild: str, question: str, k: int | None = None) -> list[Passage]:
+        passages, vectors = self.guilds[guild]
+        if self.embedder is None:  # the local engine's process: no torch (see engine_local)
+            words = set(question.lower().split())
+            scores = numpy.array([len(words & set(p.text.lower().split())) for p in passages], dtype=float)
+        else:
+            scores = vectors @ self.embedder.encode([question])[0]
+        order = scores.argsort()[::-1][:k or self.top_k]
+        return [dataclasses.replace(passages[i], score=float(scores[i])) for i in order]
+
+
+class NoEos:
+    """The model with end-of-turn banned, so every answer runs to max_tokens (random weights write noise)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+    def stream(self, messages, max_tokens, cancel=None, **options):
+        return self.llm.stream(messages, max_tokens, cancel, logit_bias=BAN, **options)
+
+
+def gpu_used_mib() -> float:
+    """The whole GPU's used memory (per-process figures are often hidden inside containers)."""
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[0])
+
+
+def p95(values: list[float]) -> float:
+    return sorted(values)[max(0, int(round(0.95 * len(values))) - 1)]
+
+
+# --- raw llama.cpp ------------------------------------------------------------------------------
+
+@section("llama-bench")
+def llama_bench(args) -> None:
+    out = subprocess.run([str(args.bin / "llama-bench"), "-m", str(args.model), "-fa", "1", "-ngl", "99",
+                          "-p", "512,2048", "-n", "128", "-r", "3", "-o", "json"],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    for result in json.loads(out):
+        name = f"pp{result['n_prompt']}" if result["n_prompt"] else f"tg{result['n_gen']}"
+        FIGURES[f"llama-bench {name}"] = result["avg_ts"]
+    print(f"  pp512 {FIGURES['llama-bench pp512']:,.0f}, pp2048 {FIGURES['llama-bench pp2048']:,.0f}, "
+          f"tg128 {FIGURES['llama-bench tg128']:.1f} tokens/s", flush=True)
+
+
+def start_raw_server(args, parallel: int, n_ctx_per_slot: int):
+    port = _free_port()
+    process = subprocess.Popen([str(args.bin / "llama-server"), "-m", str(args.model), "--port", str(port),
+                                "-np", str(parallel), "-c", str(parallel * n_ctx_per_slot), "--cont-batching",
+                                "-fa", "on", "-ngl", "99", "--no-webui"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("llama-server did not start")
+
+
+def raw_request(port: int, messages, max_tokens: int, results: list, started: float) -> None:
+    body = json.dumps({"messages": messages, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+                       "temperature": 0.7, "top_p": 0.95}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
+                                     {"Content-Type": "application/json"})
+    first, pieces = None, 0
+    with urllib.request.urlopen(request, timeout=300) as response:
+        for line in response:
+            if line.startswith(b"data:") and b'"content"' in line and not line.startswith(b"data: [DONE]"):
+                delta = (json.loads(line[5:])["choices"] or [{}])[0].get("delta", {})
+                if delta.get("content"):
+                    first = first or time.perf_counter()
+                    pieces += 1
+    results.append((first - started, pieces, time.perf_counter()))
+
+
+def concurrent_prompts(n: int, words_per_passage: int) -> list[list[dict]]:
+    """Prompts shaped like the engine's: a system message, then five sources and the question."""
+    rng = random.Random(7)
+    return [[{"role": "system", "content": "You are a helpful assistant for this Discord server."},
+             {"role": "user", "content": "<sources>\n" + "\n\n".join(text(rng, words_per_passage) for _ in range(5))
+              + f"\n</sources>\n\nAda asks: {text(rng, 12)}"}] for _ in range(n)]
+
+
+@section("llama-server -np 16")
+def raw_server(args) -> None:
+    process, port = start_raw_server(args, 16, 2048)
+    try:
+        prompts = concurrent_prompts(17, args.words_1200)
+        warm: list = []
+        raw_request(port, prompts[16], 16, warm, time.perf_counter())
+        for n in (1, 16):
+            results: list = []
+            started = time.perf_counter()
+            threads = [threading.Thread(target=raw_request, args=(port, prompts[i], 128, results, started)) for i in range(n)]
+            [t.start() for t in threads]
+            [t.join() for t in threads]
+            wall = max(r[2] for r in results) - started
+            tokens = sum(r[1] for r in results)
+            FIGURES[f"raw server {n} tokens/s"] = tokens / wall
+            FIGURES[f"raw server {n} first p95"] = p95([r[0] for r in results])
+            if n == 1:
+                FIGURES["raw server 1 decode"] = (results[0][1] - 1) / (results[0][2] - started - results[0][0])
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+# --- the project's engine --------------------------------------------------------------------
+
+def engine_config(args, data_dir: Path, **model):
+    env = {"BOT_MODEL_PATH": str(args.model), "BOT_MODEL_N_CTX": "8192", "BOT_MODEL_FLASH_ATTN": "true",
+           "BOT_MODEL_SERVER_BINARY": str(args.bin / "llama-server"), "BOT_CHAT_MAX_ANSWER_TOKENS": "256"}
+    env.update({f"BOT_MODEL_{k.upper()}": str(v) for k, v in model.items()})
+    return load_config(None, env=env, data_dir=data_dir)
+
+
+async def ask(pipeline: Pipeline, guild: str, channel: str, question: str):
+    started = time.perf_counter()
+    first, pieces, answer = None, 0, None
+    async for event in pipeline.answer(guild, channel, Author("1", "Ada"), question):
+        if isinstance(event, Piece):
+            first = first or time.perf_counter()
+            pieces += 1
+        elif isinstance(event, Done):
+            answer = event
+    end = time.perf_counter()
+    assert answer is not None and answer.status == "answer", answer
+    return first - started, pieces, end - first, answer.text
+
+
+def seed_history(memory: Memory, channel: str, tokens: int, count) -> int:
+    rng, total, turns = random.Random(channel), 0, 0
+    while total < tokens:
+        q, a = text(rng, 15), text(rng, 160)
+        exchange = memory.start(channel, "1", "Ada", q)
+        memory.finish(exchange, a, [])
+        total += count(q) + count(a) + 10
+        turns += 1
+    return turns
+
+
+def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurrent: bool) -> None:
+    """Single channel first token (~1,800-token prompt) and decode (256-token answers); second turn at
+    3,000 tokens of history; and, for the server backend, 16 channels at once (128-token answers)."""
+    memory = Memory(data_dir / f"{name}.sqlite3")
+    pipeline = Pipeline(config, NoEos(llm), knowledge, memory)
+    short = dataclasses.replace(config, chat=dataclasses.replace(config.chat, max_answer_tokens=128))
+
+    async def single():
+        # Warm-up (CUDA graphs, allocations), then a fresh channel and guild each time: nothing cached
+        # but the system prompt.
+        await ask(pipeline, "g-single-0", "warm", "What does the report say about the budget?")
+        firsts, rates, prompt_tokens = [], [], 0
+        for i in range(1, 4):
+            first, pieces, rest, _ = await ask(pipeline, f"g-single-{i}", f"single-{i}",
+                                               "What does the report say about the budget for the next quarter?")
+            firsts.append(first)
+            rates.append((config.chat.max_answer_tokens - 1) / rest)
+        return statistics.median(firsts), statistics.median(rates)
+
+    async def second_turn():
+        results = []
+        for i in range(3):
+            channel = f"history-{i}"
+            seed_history(memory, channel, 3000, llm.count)
+            await ask(pipeline, f"g-single-{i + 1}", channel, "Which region had the highest growth?")
+            first, _, _, _ = await ask(pipeline, f"g-single-{i + 1}", channel, "And the lowest?")
+            results.append(first)
+        return statistics.median(results)
+
+    async def many(n: int):
+        pipeline.config = short
+        guilds = [f"g-many-{i}" for i in range(n)]
+        await asyncio.gather(*(ask(pipeline, g, f"warm-{g}", "Warm up?") for g in guilds))
+        started = time.perf_counter()
+        results = await asyncio.gather(*(ask(pipeline, g, f"many-{g}", "What does the report say about costs?")
+                                         for g in guilds))
+        wall = time.perf_counter() - started
+        tokens = n * short.chat.max_answer_tokens
+        return tokens / wall, p95([r[0] for r in results]), min(r[1] for r in results), max(r[0] for r in results)
+
+    try:
+        for i in range(4):
+            knowledge.add_guild(f"g-single-{i}", args.words_1800)
+        first, rate = asyncio.run(single())
+        FIGURES[f"{name} first"], FIGURES[f"{name} decode"] = first, rate
+        FIGURES[f"{name} second turn"] = asyncio.run(second_turn())
+        if concurrent:
+            for i in range(16):
+                knowledge.add_guild(f"g-many-{i}", args.words_1200)
+            total, first_p95, fewest, slowest = asyncio.run(many(16))
+            FIGURES[f"{name} 16 tokens/s"], FIGURES[f"{name} 16 first p95"] = total, first_p95
+            FIGURES[f"{name} 16 fewest pieces"], FIGURES[f"{name} 16 slowest first"] = fewest, slowest
+    finally:
+        pipeline.scheduler.close()
+        memory.close()
+
+
+@section("engine, model.backend = server")
+def engine_server(args, data_dir: Path, knowledge) -> None:
+    base = gpu_used_mib()
+    one = ServerModel(engine_config(args, data_dir, backend="server", parallel=1).model)
+    try:
+        FIGURES["server memory np1 c8192"] = gpu_used_mib() - base
+    finally:
+        one.close()
+    time.sleep(2)
+    base = gpu_used_mib()
+    config = engine_config(args, data_dir, backend="server", parallel=16)
+    llm = ServerModel(config.model)
+    try:
+        FIGURES["server memory np16 c8192"] = gpu_used_mib() - base
+        engine_runs(args, "server", llm, data_dir, knowledge, config, concurrent=True)
+    finally:
+        llm.close()
+
+
+@section("engine, model.backend = local")
+def engine_local(args, data_dir: Path, knowledge) -> None:
+    """Runs in a process of its own without torch: torch's CUDA libraries and llama.cpp's CUDA build in one
+    process crashed on the H100 (CUDA 13). So here retrieval ranks by shared words, not embeddings."""
+    config = engine_config(args, data_dir, backend="local")
+    try:
+        before = gpu_used_mib()
+    except (OSError, IndexError, ValueError):
+        before = None
+    llm = LocalModel(config.model)
+    if before is not None:
+        FIGURES["local memory c8192"] = gpu_used_mib() - before
+    # Plain llama-cpp-python streaming, the 198 tokens/s reference: create_completion(stream=True).
+    prompt = llm.tokenize_prompt(concurrent_prompts(1, args.words_1800)[0])  # the same size as the engine's
+    rates, firsts = [], []
+    for _ in range(3):
+        llm.llama.reset()
+        started, first, n = time.perf_counter(), None, 0
+        for _chunk in llm.llama.create_completion(prompt, max_tokens=256, stream=True, temperature=0.7, top_p=0.95,
+                                                  logit_bias={t: -100.0 for t in EOS}):
+            first = first or time.perf_counter()
+            n += 1
+        firsts.append(first - started)
+        rates.append((n - 1) / (time.perf_counter() - first))
+    FIGURES["plain first"], FIGURES["plain decode"] = statistics.median(firsts), statistics.median(rates)
+    FIGURES["plain prompt tokens"] = len(prompt)
+    llm.llama.reset()
+    engine_runs(args, "local", llm, data_dir, knowledge, config, concurrent=False)
+    llm.llama.close()
+
+
+@section("embedding on the GPU (ingestion)")
+def ingestion(args, embedder) -> None:
+    from knowledge.chunking import chunk_pages
+    from knowledge.pdf import extract_pages
+
+    pdfs = sorted(args.pdfs.glob("*.pdf")) if args.pdfs else []
+    if not pdfs:
+        row("ingestion", "no PDFs given (--pdfs)")
+        return
+    config = load_config(None, env={}).knowledge
+    embedder.encode(["warm up"])
+    started = time.perf_counter()
+    pages = chunks = 0
+    embed_seconds = 0.0
+    for pdf in pdfs:
+        extracted = extract_pages(pdf.read_bytes(), 50 * 2**20, 2000)
+        doc_chunks = chunk_pages(extracted, doc_id=pdf.stem, file=pdf.name, count_tokens=embedder.count_tokens,
+                                 max_tokens=config.chunk_tokens, overlap_tokens=config.chunk_overlap_tokens)
+        t = time.perf_counter()
+        embedder.encode([f"{pdf.stem}\n{c.text}" for c in doc_chunks])
+        embed_seconds += time.perf_counter() - t
+        pages, chunks = pages + len(extracted), chunks + len(doc_chunks)
+    wall = time.perf_counter() - started
+    FIGURES.update({"ingest pages/s": pages / wall, "ingest chunks/s": chunks / wall,
+                    "embed chunks/s": chunks / embed_seconds, "ingest pages": pages, "ingest chunks": chunks})
+
+
+def make_embedder(args):
+    from knowledge.embeddings import DEFAULT_MODEL, Embedder
+
+    name = DEFAULT_MODEL
+    if args.embedder:
+        weights = args.embedder / "model.safetensors"
+        if not weights.exists():  # same shapes, made-up values: the speed is the same
+            from transformers import AutoConfig, AutoModel
+
+            AutoModel.from_config(AutoConfig.from_pretrained(args.embedder)).save_pretrained(args.embedder)
+        name = str(args.embedder)
+    return Embedder(name, device=args.device, batch_size=64)
+
+
+def table(args) -> str:
+    f = FIGURES.get
+
+    def fmt(key, spec, unit=""):
+        return f"{format(f(key), spec)}{unit}" if f(key) is not None else "n/a"
+
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        gpu = "no NVIDIA GPU"
+    lines = [f"GPU benchmark {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {gpu}; "
+             f"model {args.model.name} (Llama-3-8B-Instruct Q4_K_M shapes); flash attention on", "",
+             "| what | raw llama.cpp | this project's engine | target |", "|---|---|---|---|"]
+    for what, raw, engine, target in ROWS:
+        lines.append(f"| {what} | {raw} | {engine} | {target} |")
+    add = lambda *cells: lines.append("| " + " | ".join(cells) + " |")  # noqa: E731
+    add("llama-bench pp512 / pp2048, prefill tokens/s", f"{fmt('llama-bench pp512', ',.0f')} / {fmt('llama-bench pp2048', ',.0f')}", "", "")
+    add("llama-bench tg128, decode tokens/s", fmt("llama-bench tg128", ".1f"), "", "")
+    add("one channel, ~1,800-token prompt: message to first token (s)",
+        f"{fmt('plain first', '.3f')} (llama-cpp-python create_completion, {fmt('plain prompt tokens', '.0f')} tokens, no retrieval)",
+        f"local {fmt('local first', '.3f')} / server {fmt('server first', '.3f')}", "<= 0.25")
+    add("one channel, decode tokens/s seen by the user",
+        f"{fmt('plain decode', '.1f')} (llama-cpp-python streaming); llama-server 1 client {fmt('raw server 1 decode', '.1f')}",
+        f"local {fmt('local decode', '.1f')} / server {fmt('server decode', '.1f')}", ">= 240")
+    add("16 channels at once, ~1,200-token prompts, 128-token answers: tokens/s in total",
+        f"llama-server -np 16: {fmt('raw server 16 tokens/s', '.0f')} (first token p95 {fmt('raw server 16 first p95', '.2f')} s)",
+        f"server backend: {fmt('server 16 tokens/s', '.0f')}", ">= 500")
+    add("16 channels: first token p95 / slowest (s); fewest pieces streamed to one channel", "",
+        f"{fmt('server 16 first p95', '.2f')} / {fmt('server 16 slowest first', '.2f')}; {fmt('server 16 fewest pieces', '.0f')} of 128",
+        "<= 1.5; none starved")
+    add("second question in a channel, 3,000 tokens of history: first token (s)", "",
+        f"local {fmt('local second turn', '.3f')} / server {fmt('server second turn', '.3f')}", "<= 0.1")
+    add("GPU memory, model + 8k context, one sequence (MiB)", "",
+        f"local {fmt('local memory c8192', ',.0f')} / llama-server -np 1 {fmt('server memory np1 c8192', ',.0f')}", "<= 6,656 (6.5 GB)")
+    if f("server memory np16 c8192") and f("server memory np1 c8192"):
+        extra = (f("server memory np16 c8192") - f("server memory np1 c8192")) / 15
+        add("each extra parallel 8k sequence (llama-server -np 16 vs -np 1)", "",
+            f"{extra:,.0f} MiB ({fmt('server memory np16 c8192', ',.0f')} MiB at -np 16)", "report")
+    add("ingestion: pypdf + chunking + embedding on the GPU (Chroma storing left out)", "",
+        f"{fmt('ingest pages/s', '.1f')} pages/s, {fmt('ingest chunks/s', '.0f')} chunks/s end to end "
+        f"({fmt('ingest pages', '.0f')} pages, {fmt('ingest chunks', '.0f')} chunks); embedding alone {fmt('embed chunks/s', '.0f')} chunks/s",
+        "report")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--bin", type=Path, required=True, help="llama.cpp's build/bin (llama-bench, llama-server)")
+    parser.add_argument("--pdfs", type=Path)
+    parser.add_argument("--embedder", type=Path, help="a sentence-transformers model directory (default: packaged MiniLM)")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", default="bench,raw,server,local,ingest")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cuda", help="for the embedder (cpu: a local smoke test)")
+    # Words per passage that make ~1,800-token (one channel) and ~1,200-token (16 channels) prompts
+    # of 5 passages with the Llama-3 tokenizer.
+    parser.add_argument("--words-1800", dest="words_1800", type=int, default=330)
+    parser.add_argument("--words-1200", dest="words_1200", type=int, default=210)
+    args = parser.parse_args()
+    faulthandler.enable()  # a crash in llama.cpp or CUDA prints the Python stack that led there
+    only = set(args.only.split(","))
+    data_dir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
+    if args.child:  # the local engine alone, in a process without torch
+        engine_local(args, data_dir, GpuKnowledge(None))
+        args.json.write_text(json.dumps(FIGURES))
+        return
+    if "local" in only:  # first, while the GPU is empty
+        print("== engine, model.backend = local (own process)", flush=True)
+        out = data_dir / "local.json"
+        child = [sys.executable, __file__, "--child", "--json", str(out), "--model", str(args.model), "--bin", str(args.bin),
+                 "--words-1800", str(args.words_1800), "--words-1200", str(args.words_1200)]
+        status = subprocess.run(child).returncode
+        if status == 0 and out.exists():
+            FIGURES.update(json.loads(out.read_text()))
+        else:  # a negative status is the signal that ended it (-11: segmentation fault)
+            row("engine, model.backend = local", f"FAILED: exit status {status} (see the log above)")
+    embedder = make_embedder(args)
+    embedder.encode(["load the embedder before the clock starts"])
+    if "bench" in only:
+        llama_bench(args)
+    if "raw" in only:
+        raw_server(args)
+    if "server" in only:
+        engine_server(args, data_dir, GpuKnowledge(embedder))
+    if "ingest" in only:
+        ingestion(args, embedder)
+    print(json.dumps(FIGURES, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(FIGURES, indent=1))
+    print()
+    print(table(args))
+
+
+if __name__ == "__main__":
+    main()

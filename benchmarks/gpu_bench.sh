@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# GPU benchmark on a machine with an NVIDIA GPU, CUDA (nvcc), cmake, ninja and Python 3 with torch,
+# numpy, jinja2, transformers, sentence-transformers and scikit-build-core -- and no package registry:
+# everything else comes from DIST_DIR. Prints ONE table: raw llama.cpp (llama-bench, llama-server)
+# beside this project's engine, same build, same run, with the date and the GPU's name.
+#
+#   bash benchmarks/gpu_bench.sh DIST_DIR [--build-only]
+#
+# DIST_DIR holds (prepare it on a machine with PyPI, see below):
+#   llama_cpp_python-0.3.36.tar.gz   the sdist (or a trimmed llama-src.tar.xz of the same tree: without
+#                                    vendor/llama.cpp/{docs,media,benches} and the models/*.gguf other
+#                                    than ggml-vocab-llama-bpe.gguf, it fits a 64 MiB upload)
+#   *.whl                            gguf, diskcache, pypdf (pure-Python wheels)
+#   minilm/ (optional)               all-MiniLM-L6-v2's config + tokenizer files; without
+#                                    model.safetensors, same-shape weights are made up (speed only)
+#   pdfs/ (optional)                 PDFs for the ingestion row
+# Prepare it:
+#   pip download --no-deps --no-binary=:all: llama-cpp-python==0.3.36 -d DIST_DIR
+#   pip download --no-deps gguf diskcache pypdf -d DIST_DIR
+#
+# Work files (build, Python packages, the 4.92 GB synthetic model) go to $GPU_BENCH_WORK
+# (default /tmp/gpubench); a second run reuses them. --build-only stops after building and writing
+# the model. The llama.cpp build takes about 5.5 minutes on 16 cores.
+set -euo pipefail
+DIST=$(realpath "${1:?usage: gpu_bench.sh DIST_DIR [--build-only]}")
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${GPU_BENCH_WORK:-/tmp/gpubench}
+CUDA_ARCHS=${CUDA_ARCHS:-90}  # 90: H100/H200; the Dockerfile builds for several
+mkdir -p "$WORK"
+SRC=$WORK/src BUILD=$WORK/build SITE=$WORK/site MODEL=$WORK/synth-llama3-8b-q4km.gguf
+
+if [ ! -f "$SRC/pyproject.toml" ]; then
+  mkdir -p "$SRC"
+  archive=
+  for f in "$DIST"/llama_cpp_python-*.tar.gz "$DIST"/llama-src.tar.*; do [ -f "$f" ] && archive=$f && break; done
+  [ -n "$archive" ] || { echo "no llama-cpp-python sdist in $DIST" >&2; exit 1; }
+  tar xf "$archive" -C "$SRC" --strip-components=1
+fi
+
+# The same llama.cpp flags as the Dockerfile (tests/test_docker.py checks they agree).
+LLAMA_CMAKE_FLAGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release"
+if [ ! -x "$BUILD/bin/llama-server" ]; then
+  # shellcheck disable=SC2086
+  cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja $LLAMA_CMAKE_FLAGS -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" >"$WORK/cmake.log"
+  cmake --build "$BUILD" -j"$(nproc)" --target llama-bench llama-server >"$WORK/build.log"
+fi
+
+if [ ! -d "$SITE/llama_cpp" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$DIST"/*.whl
+  # The Python package on the library built above (no second compile).
+  CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" python3 -m pip install -q --no-index --no-deps \
+    --no-build-isolation --target "$SITE" "$SRC"
+fi
+export PYTHONPATH=$SITE:$REPO LLAMA_CPP_LIB_PATH=$BUILD/bin LD_LIBRARY_PATH=$BUILD/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+if [ ! -f "$MODEL" ]; then
+  python3 "$REPO/benchmarks/make_synth_llama3.py" "$SRC/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf" "$MODEL.part"
+  mv "$MODEL.part" "$MODEL"
+fi
+[ "${2:-}" = "--build-only" ] && { echo "built: $BUILD/bin, model: $MODEL"; exit 0; }
+
+extra=()
+[ -d "$DIST/pdfs" ] && extra+=(--pdfs "$DIST/pdfs")
+if [ -d "$DIST/minilm" ]; then cp -r "$DIST/minilm" "$WORK/minilm" 2>/dev/null || true; extra+=(--embedder "$WORK/minilm"); fi
+PYTHONUNBUFFERED=1 python3 "$REPO/benchmarks/gpu_bench.py" --model "$MODEL" --bin "$BUILD/bin" "${extra[@]}" "${@:3}"
