@@ -77,12 +77,30 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    # Level of servers whose admins have not chosen one with /safety: off, standard or strict.
+    level: Literal["off", "standard", "strict"] = "standard"
+    # The reply to a refused question or a stopped answer, unless the server set its own.
+    refusal: str = ("Sorry, I can't help with that. I can answer questions about this server's documents, "
+                    "so feel free to ask about those.")
+    # The classifier refuses at or above this P(harm): per level, and (at least) for answers.
+    threshold_standard: float = 0.5
+    threshold_strict: float = 0.3
+    threshold_output: float = 0.9
+    # Cut instruction-like sentences ("ignore previous instructions...") out of retrieved passages.
+    screen_passages: bool = True
+    # Keep the text of refused messages in the refusal log (servers can change it).
+    log_text: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     discord_token: str = field(default="", repr=False)
 
     @property
@@ -238,6 +256,12 @@ def _check_ranges(config: Config) -> None:
         ("chat.max_question_chars", c.max_question_chars >= 10, "at least 10"),
         ("chat.max_persona_chars", c.max_persona_chars >= 10, "at least 10"),
         ("chat.max_history_turns", c.max_history_turns >= 0, "0 or more"),
+    ]
+    s = config.safety
+    rules += [
+        ("safety.refusal", 0 < len(s.refusal.strip()) <= 500, "non-empty and at most 500 characters"),
+        *[(f"safety.{name}", 0 < getattr(s, name) <= 1, "above 0 and at most 1")
+          for name in ("threshold_standard", "threshold_strict", "threshold_output")],
     ]
     for name, ok, allowed in rules:
         if not ok:

@@ -97,3 +97,14 @@ def test_model_and_chat_rules_name_the_key():
 def test_api_key_is_not_printed():
     config = load_config(None, env={"BOT_MODEL_API_KEY": "sk-secret"})
     assert config.model.api_key == "sk-secret" and "sk-secret" not in repr(config)
+
+
+def test_safety_section(tmp_path):
+    config = load_config(write(tmp_path, '[safety]\nlevel = "strict"\nthreshold_standard = 0.6\n'),
+                         env={"BOT_SAFETY_SCREEN_PASSAGES": "false"})
+    assert (config.safety.level, config.safety.threshold_standard, config.safety.screen_passages) == ("strict", 0.6, False)
+    assert load_config(None, env={}).safety.level == "standard"
+    with pytest.raises(ConfigError, match="choose one of: off, standard, strict"):
+        load_config(None, env={"BOT_SAFETY_LEVEL": "max"})
+    with pytest.raises(ConfigError, match="safety.threshold_strict must be above 0 and at most 1"):
+        load_config(write(tmp_path, "[safety]\nthreshold_strict = 1.5\n"), env={})
