@@ -83,10 +83,9 @@ class SafetyConfig:
     # The reply to a refused question or a stopped answer, unless the server set its own.
     refusal: str = ("Sorry, I can't help with that. I can answer questions about this server's documents, "
                     "so feel free to ask about those.")
-    # The classifier refuses at or above this P(harm): per level, and (at least) for answers.
+    # The classifier refuses a question at or above this P(harm), per level.
     threshold_standard: float = 0.5
-    threshold_strict: float = 0.3
-    threshold_output: float = 0.9
+    threshold_strict: float = 0.42
     # Cut instruction-like sentences ("ignore previous instructions...") out of retrieved passages.
     screen_passages: bool = True
     # Keep the text of refused messages in the refusal log (servers can change it).
@@ -261,7 +260,7 @@ def _check_ranges(config: Config) -> None:
     rules += [
         ("safety.refusal", 0 < len(s.refusal.strip()) <= 500, "non-empty and at most 500 characters"),
         *[(f"safety.{name}", 0 < getattr(s, name) <= 1, "above 0 and at most 1")
-          for name in ("threshold_standard", "threshold_strict", "threshold_output")],
+          for name in ("threshold_standard", "threshold_strict")],
     ]
     for name, ok, allowed in rules:
         if not ok:

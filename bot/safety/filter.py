@@ -3,7 +3,7 @@
 Layers, cheapest first, each switchable per server; levels off / standard / strict:
   1 rules       the server's blocked terms and patterns; jailbreak wrappers (category "jailbreak")
   2 classifier  the intent classifier (bot.safety.classifier); refuses when P(harm) restricted to the
-                server's enabled categories reaches the level's threshold
+                server's enabled categories reaches the level's threshold (questions only, not answers)
 Passages retrieved from the server's PDFs are screened too: instruction-like sentences are cut out.
 Every refusal is logged (category, layer, user, channel; the text only if the server asks) and passed
 to `on_refusal`, which the Discord layer sets to post it in the server's log channel.
@@ -65,14 +65,14 @@ class SafetyFilter:
                 return Decision(True, "rules", "blocked")
             if not output and "jailbreak" in enabled and rules.jailbreak(text, strict):
                 return Decision(True, "rules", "jailbreak")
-        if settings.classifier:
+        # The classifier reads requests; on answers it cannot tell a 10-Q summary (P(harm) p95 0.66, max 0.95)
+        # from harmful instructions (0.66-0.71), so answers get layer 1 only.
+        if settings.classifier and not output:
             score = self.classifier.score(text)
             on = [c for c in HAZARDS if c in enabled]
             if on:
                 harm = score.harm * sum(score.categories[c] for c in on)
                 threshold = self.config.threshold_strict if strict else self.config.threshold_standard
-                if output:
-                    threshold = max(threshold, self.config.threshold_output)
                 if harm >= threshold:
                     return Decision(True, "classifier", max(on, key=score.categories.get), harm)
                 return Decision(False, score=harm)

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in held:
             harm = np.array([clf.score(t).harm for t, _, _ in sets[name]])
             expected = sets[name][0][1]
-            for threshold in (0.5, 0.3):
+            for threshold in (0.5, 0.42):  # the default levels standard and strict
                 print(f"held-out {name}: {'refused' if expected else 'wrongly refused'} at {threshold}: "
                       f"{100 * (harm >= threshold).mean():.1f}% of {len(harm)}")
     return 0
