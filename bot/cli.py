@@ -73,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="file name, as `kb list` shows it")
     p.set_defaults(run=_kb_remove)
 
+    p = sub.add_parser("safety-eval", parents=[common], help="run the safety filter's input check over a file of prompts")
+    p.add_argument("--input", required=True, type=Path, help="CSV (a column), JSONL (a field) or text (one prompt per line)")
+    p.add_argument("--column", help="CSV column or JSONL field holding the prompts (default: the only one, or prompt/text/goal/...)")
+    p.add_argument("--json", action="store_true",
+                   help='one JSON object per prompt: {"row", "verdict": "refuse"|"answer", "category", "layer", "ms"}; '
+                        "the summary line then goes to stderr")
+    p.add_argument("--guild", default=None, help="use this server's safety settings (default: the config's)")
+    p.add_argument("--level", choices=["off", "standard", "strict"], default=None, help="override the level")
+    p.set_defaults(run=_safety_eval)
+
     p = sub.add_parser("console", parents=[common], help="chat in the terminal with the answer pipeline")
     p.add_argument("--guild", default="console", help="Discord server (guild) id whose documents to use")
     p.add_argument("--channel", default="console", help="channel id: whose memory and persona to use")
@@ -172,6 +182,51 @@ def _kb_remove(config: Config, args) -> int:
     if removed is None:
         raise UserError(f"no document named {args.name!r} in this server's knowledge base")
     print(f"removed {removed.name} ({removed.chunks} chunks)")
+    return 0
+
+
+def _safety_eval(config: Config, args) -> int:
+    import dataclasses
+    import time
+
+    import numpy as np
+
+    from bot.safety import GuildSettings, SafetyFilter
+    from bot.safety.data import InputError, read_prompts
+    from bot.safety.settings import SettingsStore
+
+    try:
+        prompts = read_prompts(args.input, args.column)
+    except InputError as e:
+        raise UserError(str(e)) from None
+    if not prompts:
+        raise UserError(f"{args.input} holds no prompts")
+    if args.guild is not None:
+        safety = SafetyFilter.open(config)
+    else:  # the config's defaults, nothing written to the data dir
+        safety = SafetyFilter(config.safety, SettingsStore(Path(":memory:"), GuildSettings(config.safety.level)))
+    guild = str(args.guild or "")
+    if args.level:
+        safety.store.put(guild, dataclasses.replace(safety.settings(guild), level=args.level))
+    safety.classifier.load()  # before the clock runs
+    times, refused = [], 0
+    for row, text in enumerate(prompts):
+        started = time.perf_counter()
+        decision = safety.judge(text, guild)
+        ms = (time.perf_counter() - started) * 1000
+        times.append(ms)
+        refused += decision.refuse
+        verdict = "refuse" if decision.refuse else "answer"
+        if args.json:
+            print(json.dumps({"row": row, "verdict": verdict, "category": decision.category or None,
+                              "layer": decision.layer or None, "ms": round(ms, 3)}))
+        else:
+            print(f"{row}\t{verdict}\t{decision.category or '-'}\t{decision.layer or '-'}\t{ms:.2f} ms\t{' '.join(text.split())[:80]}")
+    p50, p95 = np.percentile(times, [50, 95])
+    summary = (f"refused {refused}/{len(prompts)} ({100 * refused / len(prompts):.1f}%); "
+               f"latency p50 {p50:.2f} ms, p95 {p95:.2f} ms")
+    print(summary, file=sys.stderr if args.json else sys.stdout)
+    safety.close()
     return 0
 
 

@@ -104,6 +104,22 @@ class DiscordConfig:
 
 
 @dataclass(frozen=True)
+class SafetyConfig:
+    # Level of servers whose admins have not chosen one with /safety: off, standard or strict.
+    level: Literal["off", "standard", "strict"] = "standard"
+    # The reply to a refused question or a stopped answer, unless the server set its own.
+    refusal: str = ("Sorry, I can't help with that. I can answer questions about this server's documents, "
+                    "so feel free to ask about those.")
+    # The classifier refuses a question at or above this P(harm), per level.
+    threshold_standard: float = 0.5
+    threshold_strict: float = 0.42
+    # Cut instruction-like sentences ("ignore previous instructions...") out of retrieved passages.
+    screen_passages: bool = True
+    # Keep the text of refused messages in the refusal log (servers can change it).
+    log_text: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -111,6 +127,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     discord: DiscordConfig = field(default_factory=DiscordConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     discord_token: str = field(default="", repr=False)
 
     @property
@@ -277,6 +294,12 @@ def _check_ranges(config: Config) -> None:
         ("discord.shard_ids", not d.shard_ids or (d.shard_count > 0 and all(
             i.isdigit() and int(i) < d.shard_count for i in d.shard_ids)),
          "empty, or shard numbers below discord.shard_count (which must then be set)"),
+    ]
+    s = config.safety
+    rules += [
+        ("safety.refusal", 0 < len(s.refusal.strip()) <= 500, "non-empty and at most 500 characters"),
+        *[(f"safety.{name}", 0 < getattr(s, name) <= 1, "above 0 and at most 1")
+          for name in ("threshold_standard", "threshold_strict")],
     ]
     for name, ok, allowed in rules:
         if not ok:

@@ -19,9 +19,11 @@ HELP = "commands: /show, /reset, /export, /persona [TEXT | reset], /status, /qui
 def build_pipeline(config: Config) -> Pipeline:
     from bot.llm import load_model
     from bot.memory import Memory
+    from bot.safety import SafetyFilter
     from knowledge.base import KnowledgeBase
 
-    return Pipeline(config, load_model(config.model), KnowledgeBase(config), Memory(config.memory_path))
+    return Pipeline(config, load_model(config.model), KnowledgeBase(config), Memory(config.memory_path),
+                    SafetyFilter.open(config))
 
 
 async def chat(pipeline: Pipeline, guild: str, channel: str, out=sys.stdout) -> None:

@@ -17,7 +17,8 @@ Done.text is what the message should say in the end; the cog replaces the stream
 Steps: check input (length, safety) -> wait for the channel's turn (bot.scheduler) -> retrieve (this
 guild only) -> history + persona (memory) -> prompt (bot.prompt) -> stream (model thread), with the
 safety output check every _CHECK_EVERY characters and at the end -> store the exchange.
-Safety is a later issue: pass an object with check_input/check_output (the Safety protocol), or None.
+Safety: pass an object with check_input/check_output/screen_passages (the Safety protocol; the real one
+is bot.safety.SafetyFilter), or None.
 """
 
 from __future__ import annotations
@@ -44,12 +45,23 @@ class Verdict:
     message: str = ""  # the reply to post instead, when not allowed
 
 
+@dataclass(frozen=True)
+class Where:
+    """Who asked where: per-server settings and the refusal log need it."""
+    guild: str
+    channel: str
+    user: str
+
+
 class Safety(Protocol):
     """Blocking checks (they may run a model); called off the event loop."""
 
-    def check_input(self, text: str) -> Verdict: ...
+    def check_input(self, text: str, where: Where) -> Verdict: ...
 
-    def check_output(self, text: str) -> Verdict: ...
+    def check_output(self, text: str, where: Where) -> Verdict: ...
+
+    def screen_passages(self, passages: list) -> list:
+        """The retrieved passages made safe to put in the prompt (instructions in them neutralised)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,9 @@ class Pipeline:
             yield Done("invalid", f"That question is too long ({len(question)} characters; "
                                   f"at most {chat.max_question_chars}). Please shorten it.")
             return
+        where = Where(str(guild), str(channel), str(author.id))
         if self.safety is not None:
-            verdict = await asyncio.to_thread(self.safety.check_input, question)
+            verdict = await asyncio.to_thread(self.safety.check_input, question, where)
             if not verdict.allowed:
                 yield Done("refused", verdict.message)
                 return
@@ -119,6 +132,8 @@ class Pipeline:
             async for position in self.scheduler.wait_turn(ticket):
                 yield Queued(position)
             passages = await asyncio.to_thread(self.knowledge.search, str(guild), question)
+            if self.safety is not None:
+                passages = self.safety.screen_passages(passages)
             persona, history = await asyncio.to_thread(self._channel_state, str(channel))
             try:
                 prompt = await self.scheduler.run(build, self.llm, persona, passages, history, author.name, question,
@@ -136,11 +151,11 @@ class Pipeline:
                     yield Piece(piece)
                     if self.safety is not None and len(answer) - checked >= _CHECK_EVERY:
                         checked = len(answer)
-                        if refusal := await self._refuse_output(answer, exchange_id):
+                        if refusal := await self._refuse_output(answer, exchange_id, where):
                             finished = True
                             yield refusal
                             return
-            if self.safety is not None and (refusal := await self._refuse_output(answer, exchange_id)):
+            if self.safety is not None and (refusal := await self._refuse_output(answer, exchange_id, where)):
                 finished = True
                 yield refusal
                 return
@@ -164,8 +179,8 @@ class Pipeline:
             if exchange_id is not None and not finished:  # the caller stopped listening mid-answer
                 await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "interrupted")
 
-    async def _refuse_output(self, answer: str, exchange_id: int) -> Done | None:
-        verdict = await asyncio.to_thread(self.safety.check_output, answer)
+    async def _refuse_output(self, answer: str, exchange_id: int, where: Where) -> Done | None:
+        verdict = await asyncio.to_thread(self.safety.check_output, answer, where)
         if verdict.allowed:
             return None
         await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "refused")
@@ -200,3 +215,5 @@ class Pipeline:
         self.memory.close()
         if callable(close_model := getattr(self.llm, "close", None)):
             close_model()  # stops a model server the bot started
+        if callable(close_safety := getattr(self.safety, "close", None)):
+            close_safety()

@@ -128,3 +128,14 @@ def test_discord_section(tmp_path):
 def test_discord_section_is_validated(env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, env=env)
+
+
+def test_safety_section(tmp_path):
+    config = load_config(write(tmp_path, '[safety]\nlevel = "strict"\nthreshold_standard = 0.6\n'),
+                         env={"BOT_SAFETY_SCREEN_PASSAGES": "false"})
+    assert (config.safety.level, config.safety.threshold_standard, config.safety.screen_passages) == ("strict", 0.6, False)
+    assert load_config(None, env={}).safety.level == "standard"
+    with pytest.raises(ConfigError, match="choose one of: off, standard, strict"):
+        load_config(None, env={"BOT_SAFETY_LEVEL": "max"})
+    with pytest.raises(ConfigError, match="safety.threshold_strict must be above 0 and at most 1"):
+        load_config(write(tmp_path, "[safety]\nthreshold_strict = 1.5\n"), env={})

@@ -110,13 +110,16 @@ async def test_fair_queue_positions_and_a_responsive_loop(pipeline):
 
 
 class KeywordSafety:
-    """A real, tiny filter for the two hook points (the real one is a later issue)."""
+    """A tiny filter for the hook points, to test the plumbing alone (bot.safety is tested in test_safety)."""
 
-    def check_input(self, text):
+    def check_input(self, text, where):
         return Verdict("forbidden" not in text, "I can't help with that.")
 
-    def check_output(self, text):
+    def check_output(self, text, where):
         return Verdict(False, "I stopped that answer.")
+
+    def screen_passages(self, passages):
+        return passages
 
 
 async def test_safety_hooks_refuse_in_and_out(pipeline):

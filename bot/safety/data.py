@@ -1,0 +1,112 @@
+"""Readers of the public safety data sets (a folder like shared/data/safety-dev) and of --input files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+# Source labels -> hazard categories (S1..S14); rows without one train only the harm head.
+_CATEGORY = {
+    # HarmBench SemanticCategory
+    "copyright": "S8", "cybercrime_intrusion": "S2", "chemical_biological": "S9", "illegal": "S2",
+    "misinformation_disinformation": "S5", "harmful": "S1", "harassment_bullying": "S10",
+    # JailbreakBench category
+    "Harassment/Discrimination": "S10", "Malware/Hacking": "S2", "Physical harm": "S1", "Economic harm": "S2",
+    "Fraud/Deception": "S2", "Disinformation": "S5", "Sexual/Adult content": "S12", "Privacy": "S7",
+    "Expert advice": "S6", "Government decision-making": "S2",
+    # SimpleSafetyTests harm_area
+    "Suicide, Self-Harm, and Eating Disorders": "S11", "Physical harm and Violence": "S1",
+    "Illegal and Highly Regulated items": "S2", "Scams and fraud": "S2", "Child safety": "S4",
+}
+
+Row = tuple[str, int, str | None]  # (text, 1 harmful / 0 benign, category)
+
+
+class InputError(ValueError):
+    """A prompts file that cannot be read; the message is one line."""
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def dev_sets(folder: Path, templates_per_question: int = 5) -> dict[str, list[Row]]:
+    """The files of the dev folder, by name. gptfuzz: each question inside `templates_per_question`
+    templates (a fixed draw) rather than the full 77 x 100 product."""
+    folder = Path(folder)
+    sets = {
+        "harmbench_val.csv": [(r["Behavior"], 1, _CATEGORY.get(r["SemanticCategory"])) for r in _csv(folder / "harmbench_val.csv")],
+        "simplesafetytests.csv": [(r["prompts_final"], 1, _CATEGORY.get(r["harm_area"])) for r in _csv(folder / "simplesafetytests.csv")],
+        "jbb_harmful.csv": [(r["goal"], 1, _CATEGORY.get(r["category"])) for r in _csv(folder / "jbb_harmful.csv")],
+        "jbb_benign.csv": [(r["goal"], 0, None) for r in _csv(folder / "jbb_benign.csv")],
+        "gptfuzz_questions.csv": [(r["text"], 1, None) for r in _csv(folder / "gptfuzz_questions.csv")],
+    }
+    templates = [r["text"] for r in _csv(folder / "gptfuzz_templates.csv")]
+    rng = random.Random(0)
+    sets["gptfuzz_templates.csv"] = [(rng.choice(templates).replace("[INSERT PROMPT HERE]", q), 1, None)
+                                     for q, _, _ in sets["gptfuzz_questions.csv"] for _ in range(templates_per_question)]
+    return sets
+
+
+# Leave-one-group-out: twins and template+question combinations stay in one group.
+GROUPS = {"harmbench": ["harmbench_val.csv"], "simplesafetytests": ["simplesafetytests.csv"],
+          "jbb": ["jbb_harmful.csv", "jbb_benign.csv"], "gptfuzz": ["gptfuzz_questions.csv", "gptfuzz_templates.csv"]}
+
+
+def read_prompts(path: Path, column: str | None = None) -> list[str]:
+    """Prompts from a CSV (a column: `column`, else the only one or a usual name), JSONL (a field) or
+    plain text (one per line). Raises InputError with a one-line reason."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text") from None
+    if not text.strip():
+        return []
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+        fields = list(rows[0].keys()) if rows else next(csv.reader(text.splitlines()), [])
+        return [r[_pick(fields, column, path)] or "" for r in rows]
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        prompts = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise InputError(f"{path} line {n} is not JSON") from None
+            if isinstance(obj, str):
+                prompts.append(obj)
+                continue
+            if not isinstance(obj, dict):
+                raise InputError(f"{path} line {n} is not a JSON object")
+            prompts.append(str(obj.get(_pick(list(obj), column, path, n)) or ""))
+        return prompts
+    if column:
+        raise InputError(f"--column only applies to CSV and JSONL files, not {path.name}")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+_USUAL = ("prompt", "text", "goal", "behavior", "question", "prompts_final", "query", "instruction", "input")
+
+
+def _pick(fields: list[str], column: str | None, path: Path, line: int | None = None) -> str:
+    where = f"{path}" + (f" line {line}" if line else "")
+    if column:
+        if column not in fields:
+            raise InputError(f"{where} has no column {column!r}; columns: {', '.join(fields)}")
+        return column
+    if len(fields) == 1:
+        return fields[0]
+    lower = {f.lower(): f for f in fields}
+    for name in _USUAL:
+        if name in lower:
+            return lower[name]
+    raise InputError(f"{where}: say which column holds the prompts with --column; columns: {', '.join(fields)}")
