@@ -1,4 +1,4 @@
-"""The one service the Discord cogs call: answers, knowledge, memory, personas and status.
+"""The one service the Discord cogs call: answers, knowledge, memory, personas, safety settings and status.
 
 Keys are plain strings: a guild id (or DM_GUILD), and a channel id (a thread is its own channel).
 Every blocking call (pypdf, embeddings, Chroma, SQLite) runs in a thread here, off the event loop;
@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
 from bot.config import Config
 from bot.cooldown import Cooldown
 from bot.memory import Exchange
 from bot.pipeline import Author, Event, Pipeline
+from bot.safety.settings import GuildSettings, Refusal
 from knowledge.base import IngestResult, Passage, Progress
 from knowledge.pdf import too_large_reason
 from knowledge.store import Document
@@ -102,6 +103,52 @@ class Assistant:
 
     async def reset_persona(self, channel: str) -> bool:
         return await self.pipeline.reset_persona(channel)
+
+    # --- safety (bot.safety.SafetyFilter; each setter raises ValueError with a one-line reason) ---
+
+    def _safety(self):
+        if self.pipeline.safety is None:
+            raise ValueError("The safety filter is not enabled on this bot.")
+        return self.pipeline.safety
+
+    @property
+    def default_refusal(self) -> str:
+        return self.config.safety.refusal
+
+    def on_refusal(self, callback: Callable[[Refusal], None] | None) -> None:
+        """Call `callback` (from a worker thread) with every refusal; None stops it."""
+        if self.pipeline.safety is not None:
+            self.pipeline.safety.on_refusal = callback
+
+    async def safety_settings(self, guild: str) -> GuildSettings:
+        return await asyncio.to_thread(self._safety().settings, guild)
+
+    async def set_safety_level(self, guild: str, level: str) -> GuildSettings:
+        return await asyncio.to_thread(self._safety().set_level, guild, level)
+
+    async def set_safety_layer(self, guild: str, layer: str, on: bool) -> GuildSettings:
+        return await asyncio.to_thread(self._safety().set_layer, guild, layer, on)
+
+    async def set_safety_category(self, guild: str, category: str, on: bool) -> GuildSettings:
+        return await asyncio.to_thread(self._safety().set_category, guild, category, on)
+
+    async def block(self, guild: str, term: str = "", pattern: str = "") -> GuildSettings:
+        return await asyncio.to_thread(self._safety().block, guild, term, pattern)
+
+    async def unblock(self, guild: str, term_or_pattern: str) -> bool:
+        return await asyncio.to_thread(self._safety().unblock, guild, term_or_pattern)
+
+    async def set_refusal(self, guild: str, text: str) -> GuildSettings:
+        return await asyncio.to_thread(self._safety().set_refusal, guild, text)
+
+    async def set_log_channel(self, guild: str, channel: str) -> GuildSettings:
+        return await asyncio.to_thread(self._safety().set_log_channel, guild, channel)
+
+    async def set_log_text(self, guild: str, on: bool) -> GuildSettings:
+        return await asyncio.to_thread(self._safety().set_log_text, guild, on)
+
+    async def refusals(self, guild: str, limit: int) -> list[Refusal]:
+        return await asyncio.to_thread(self._safety().refusals, guild, limit)
 
     # --- status ----------------------------------------------------------------------------
 
