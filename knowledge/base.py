@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -65,6 +65,7 @@ class KnowledgeBase:
         self._stores: dict[str, GuildStore] = {}
         self._routers: dict[str, tuple[tuple, retrieval.DocumentRouter]] = {}
         self._lock = threading.Lock()
+        self._word_search = ThreadPoolExecutor(4, thread_name_prefix="word-search")
 
     def store(self, guild: str) -> GuildStore:
         guild = str(guild)
@@ -185,8 +186,11 @@ class KnowledgeBase:
         store = self.store(guild)
         if not question.strip() or store.chunk_count() == 0:
             return []
+        # Word search (SQLite) runs beside embedding + vector search (torch, Chroma): all three
+        # release the GIL, so a question costs the slower of the two paths, not their sum.
+        lexical = self._word_search.submit(store.lexical_search, retrieval.query_terms(question), _CANDIDATES)
         vector_hits = store.vector_search(self.embedder.encode([question])[0], _CANDIDATES)
-        lexical_hits = store.lexical_search(retrieval.query_terms(question), _CANDIDATES)
+        lexical_hits = lexical.result()
         stored = store.chunks(retrieval.unique(cid for cid, _ in [*vector_hits, *lexical_hits]))
         doc_of = {cid: c.doc_id for cid, c in stored.items()}
         doc_scores = self._router(store).scores(question)
