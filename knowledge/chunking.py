@@ -7,7 +7,6 @@ separates a number from its label. Lengths are counted with the embedder's own t
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -93,7 +92,3 @@ def _pack(units: list[tuple[str, int]], max_tokens: int, overlap_tokens: int) ->
     if current:
         chunks.append("\n".join(u[0] for u in current))
     return chunks
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
