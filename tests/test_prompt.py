@@ -1,4 +1,3 @@
-import time
 
 import pytest
 
@@ -56,12 +55,13 @@ def test_question_too_long_for_the_context(llm):
     assert info.value.tokens > 2000 and 0 < info.value.allowed < llm.n_ctx
 
 
-def test_build_time_of_a_large_prompt_uses_cached_counts(llm):
+def test_a_rebuilt_large_prompt_tokenizes_nothing_again(llm):
+    # Its speed is measured by benchmarks/engine_speed.py; here, that a rebuild hits only cached counts.
     history, passages = turns(40, words=50), [passage(i, 120) for i in range(20)]
     build(llm, PERSONA, passages, history, "Ada", "What is fact 3?", 32)  # counts cached here
-    started = time.perf_counter()
+    misses = type(llm).count.cache_info().misses
     prompt = build(llm, PERSONA, passages, history, "Ada", "What is fact 3?", 32)
-    assert time.perf_counter() - started < 0.05  # benchmarks/engine_speed.py measures it properly
+    assert type(llm).count.cache_info().misses == misses
     assert prompt.tokens > 1800
 
 

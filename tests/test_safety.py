@@ -3,10 +3,8 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bot.config import SafetyConfig
@@ -39,15 +37,10 @@ def safety(tmp_path, classifier):
     f.close()
 
 
-def test_intent_not_topic_and_fast(safety):
-    safety.classifier.load()
-    times = []
+def test_intent_not_topic(safety):
+    # Its speed is measured by benchmarks/safety_bench.py, not here.
     for text in HARMFUL + BENIGN:
-        started = time.perf_counter()
-        verdict = safety.check_input(text, HERE)
-        times.append((time.perf_counter() - started) * 1000)
-        assert verdict.allowed == (text in BENIGN), text
-    assert np.percentile(times, 95) < 10
+        assert safety.check_input(text, HERE).allowed == (text in BENIGN), text
     assert safety.check_input(HARMFUL[0], HERE).message == SafetyConfig().refusal
 
 
