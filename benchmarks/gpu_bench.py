@@ -36,7 +36,6 @@ import dataclasses
 import datetime
 import faulthandler
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -276,7 +275,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         # Warm-up (CUDA graphs, allocations), then a fresh channel and guild each time: nothing cached
         # but the system prompt.
         await ask(pipeline, "g-single-0", "warm", "What does the report say about the budget?")
-        firsts, rates, prompt_tokens = [], [], 0
+        firsts, rates = [], []
         for i in range(1, 4):
             first, pieces, rest, _ = await ask(pipeline, f"g-single-{i}", f"single-{i}",
                                                "What does the report say about the budget for the next quarter?")

@@ -160,20 +160,14 @@ class Assistant:
             return Status(
                 model=llm.describe(), gpu_layers=_gpu_layers(llm), context_tokens=llm.n_ctx,
                 queue_length=self.pipeline.queue_length, documents=len(docs), chunks=sum(d.chunks for d in docs),
-                channel_exchanges=len(self.memory.show(channel, 1_000_000)),
+                channel_exchanges=self.memory.count(channel),
                 memory_mb=sum(f.stat().st_size for f in files if f.exists()) / 1e6)
 
         return await asyncio.to_thread(read)
 
 
 def _gpu_layers(llm) -> str:
-    """"33 of 33" for llama.cpp in this process; the remote backend's server decides for itself."""
-    llama = getattr(llm, "llama", None)
-    if llama is None:
+    """"33 of 33" for llama.cpp in this process; a model server decides for itself."""
+    if not hasattr(llm, "layers_on_gpu"):
         return "decided by the model server"
-    import llama_cpp
-
-    meta = llama.metadata
-    layers = int(meta.get(f"{meta.get('general.architecture', 'llama')}.block_count", 0)) + 1  # + output layer
-    wanted = layers if llm.config.n_gpu_layers < 0 else min(llm.config.n_gpu_layers, layers)
-    return f"{wanted if llama_cpp.llama_supports_gpu_offload() else 0} of {layers}"
+    return f"{llm.layers_on_gpu} of {llm.layers}"

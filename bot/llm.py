@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from bot.config import ModelConfig
+from bot.model_files import check_model_file, model_path, proc_kib
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,6 @@ class LocalModel:
 
     def __init__(self, config: ModelConfig, path: Path | None = None):
         import llama_cpp
-
-        from bot.model_files import check_model_file, model_path
 
         self.config = config
         self.path = path or model_path(config)
@@ -118,14 +117,14 @@ class LocalModel:
         import llama_cpp
 
         arch = meta.get("general.architecture", "llama")
-        blocks = int(meta.get(f"{arch}.block_count", 0))
-        wanted = blocks + 1 if self.config.n_gpu_layers < 0 else min(self.config.n_gpu_layers, blocks + 1)
-        on_gpu = wanted if llama_cpp.llama_supports_gpu_offload() else 0
+        self.layers = int(meta.get(f"{arch}.block_count", 0)) + 1  # + the output layer
+        wanted = self.layers if self.config.n_gpu_layers < 0 else min(self.config.n_gpu_layers, self.layers)
+        self.layers_on_gpu = wanted if llama_cpp.llama_supports_gpu_offload() else 0
         size = llama_cpp.llama_model_size(self.llama.model)
         log.info("model %s: %d of %d layers on the GPU%s, context %d tokens, weights %.2f GB, process memory %.2f GB",
-                 self.path.name, on_gpu, blocks + 1,
-                 "" if on_gpu or self.config.n_gpu_layers == 0 else " (this llama.cpp build has no GPU support)",
-                 self.n_ctx, size / 1e9, _rss_bytes() / 1e9)
+                 self.path.name, self.layers_on_gpu, self.layers,
+                 "" if self.layers_on_gpu or self.config.n_gpu_layers == 0 else " (this llama.cpp build has no GPU support)",
+                 self.n_ctx, size / 1e9, proc_kib("/proc/self/status", "VmRSS") * 1024 / 1e9)
 
     def describe(self) -> str:
         return f"{self.path.name} (llama.cpp, context {self.n_ctx})"
@@ -347,8 +346,6 @@ class ServerModel(RemoteModel):
     """
 
     def __init__(self, config: ModelConfig, path: Path | None = None, start_timeout_s: float = 300.0):
-        from bot.model_files import check_model_file, model_path
-
         self.path = path or model_path(config)
         check_model_file(self.path, config.n_gpu_layers)
         self.start_timeout_s = start_timeout_s
@@ -450,12 +447,3 @@ def _trained_context(meta: dict) -> int:
     arch = meta.get("general.architecture", "llama")
     return int(meta.get(f"{arch}.context_length", 0)) or 4096
 
-
-def _rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0

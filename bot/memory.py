@@ -105,6 +105,10 @@ class Memory:
                          (str(channel), limit)).fetchall()
         return [_exchange(row) for row in reversed(rows)]
 
+    def count(self, channel: str) -> int:
+        """How many exchanges the channel has, of any status."""
+        return self._run("SELECT count(*) FROM exchanges WHERE channel = ?", (str(channel),)).fetchone()[0]
+
     def reset(self, channel: str) -> int:
         """Forget the channel's exchanges (its persona stays); returns how many were removed."""
         return self._run("DELETE FROM exchanges WHERE channel = ?", (str(channel),)).rowcount

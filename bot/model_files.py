@@ -63,13 +63,20 @@ def check_model_file(path: Path, n_gpu_layers: int) -> None:
                              f"use a smaller quantization, free memory, or lower model.n_gpu_layers")
 
 
-def available_ram_bytes() -> int | None:
+def proc_kib(path: str, key: str) -> int:
+    """A "Key: N kB" figure of a Linux /proc file (/proc/meminfo, /proc/self/status); 0 if absent."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
     except OSError:
         pass
+    return 0
+
+
+def available_ram_bytes() -> int | None:
+    if available := proc_kib("/proc/meminfo", "MemAvailable"):
+        return available * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

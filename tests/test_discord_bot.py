@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 
 import discord
 import pytest
@@ -221,7 +222,7 @@ async def test_commands_are_described_and_admin_commands_refuse_members(fake_dis
     shown = await command(fake_discord, "persona show", member=fake_discord.admin)
     assert shown.original.content == "This channel's persona:\n>>> Talk like a pirate."
     status = await final_reply(fake_discord, await command(fake_discord, "status"))
-    assert status.ephemeral and "**Layers on the GPU**: " in status.content and "**Context**: 2048 tokens" in status.content
+    assert status.ephemeral and re.search(r"\*\*Layers on the GPU\*\*: \d+ of 31\b", status.content) and "**Context**: 2048 tokens" in status.content
     assert "**This server's documents**: 0 (0 passages)" in status.content and "**Queue**: 0 " in status.content
 
 

@@ -21,6 +21,7 @@ def test_exchanges_survive_reopen_and_stay_in_their_channel(tmp_path):
     assert shown[0].answered_at >= shown[0].asked_at
     assert [t.question for t in memory.history("chan-b", 10)] == ["Other channel"]
     assert memory.history("chan-a", 1)[0].question == "And sick leave?"
+    assert (memory.count("chan-a"), memory.count("chan-b"), memory.count("chan-c")) == (2, 1, 0)
 
 
 def test_unfinished_answer_is_never_complete(tmp_path):
