@@ -12,14 +12,17 @@ ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
 # GPU generations to compile for: Turing, Ampere, Ada, Hopper. One value builds faster (90: H100/H200).
 ARG CUDA_ARCHS="75;80;86;89;90"
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev cmake ninja-build build-essential ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev cmake ninja-build build-essential patch ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
+COPY patches /build/patches
+# The patch adds GGML_CUDA_MMQ_MAX_BATCH (set below): prompt prefill on cuBLAS, decoding on MMQ.
 RUN pip download --no-deps --no-binary=:all: "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -d sdist \
  && mkdir llama-cpp-python \
- && tar xzf sdist/llama_cpp_python-*.tar.gz -C llama-cpp-python --strip-components=1
+ && tar xzf sdist/llama_cpp_python-*.tar.gz -C llama-cpp-python --strip-components=1 \
+ && patch -p1 -d llama-cpp-python/vendor/llama.cpp < patches/llama-cpp-mmq-max-batch.patch
 # The same llama.cpp flags as benchmarks/gpu_bench.sh (tests/test_docker.py checks that they agree).
 # GGML_NATIVE=OFF: no -march=native, so the image runs on any x86-64 CPU. The linker flag lets the
 # binaries link against the CUDA driver stub here; the real libcuda comes from the host at run time.
@@ -57,6 +60,7 @@ ENV PATH=/opt/venv/bin:/opt/llama/bin:$PATH \
     LD_LIBRARY_PATH=/opt/llama/bin \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/app/models/huggingface \
+    GGML_CUDA_MMQ_MAX_BATCH=128 \
     BOT_MODEL_BACKEND=server \
     BOT_MODEL_SERVER_BINARY=/opt/llama/bin/llama-server \
     BOT_MODEL_MODELS_DIR=/app/models \

@@ -12,8 +12,11 @@ or directly, once those exist:
         [--pdfs DIR] [--embedder DIR] [--json OUT.json]
 
 Rows (flash attention on everywhere, end-of-turn tokens banned so every answer has its full length):
-- llama-bench pp512/pp2048/tg128, and llama-server -np 16 with 16 and 1 client(s) at once: the raw
-  llama.cpp reference.
+- llama-bench pp512/pp2048/tg128, and llama-server -np 16 with 1 and 16 client(s) at once: the raw
+  llama.cpp reference, run twice: "stock" (llama.cpp's default flags, GGML_CUDA_MMQ_MAX_BATCH unset)
+  and with the engine's flags (-ub 2048, --cache-ram 0, GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch: the
+  patch in patches/ sends prompt batches above that size to cuBLAS), so the table shows what each
+  change brings.
 - "engine": this project's bot.pipeline.Pipeline.answer (scheduler, memory in SQLite, prompt builder,
   chat template, streaming to the event loop) on the two GPU backends: model.backend = "local"
   (llama-cpp-python in the bot's process, native sampler loop) and model.backend = "server" (the bot
@@ -22,8 +25,9 @@ Rows (flash attention on everywhere, end-of-turn tokens banned so every answer h
   ranked against the channel's passages in numpy. Chroma is not installed there (too big to carry
   beside the llama.cpp sources), so the Chroma + SQLite FTS5 lookup is NOT in these first-token
   figures; benchmarks/query_latency.py measures it on a CPU machine.
-- Embedding on the GPU during ingestion: pypdf extraction + the project's chunking + Embedder on
-  the GPU (float16), end to end over the PDFs given; storing into Chroma is left out (not installed).
+- Embedding on the GPU during ingestion: pypdf extraction in worker processes + the project's chunking
+  + Embedder on the GPU (float16), end to end over the PDFs given; storing into Chroma is left out
+  (not installed).
   With --embedder a directory holding all-MiniLM-L6-v2's config and tokenizer without weights,
   weights of the same shapes are made up (speed does not depend on their values).
 """
@@ -36,6 +40,7 @@ import dataclasses
 import datetime
 import faulthandler
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -156,7 +161,7 @@ def p95(values: list[float]) -> float:
 def llama_bench(args) -> None:
     out = subprocess.run([str(args.bin / "llama-bench"), "-m", str(args.model), "-fa", "1", "-ngl", "99",
                           "-p", "512,2048", "-n", "128", "-r", "3", "-o", "json"],
-                         capture_output=True, text=True, check=True, timeout=300).stdout
+                         capture_output=True, text=True, check=True, timeout=300, env=stock_env()).stdout
     for result in json.loads(out):
         name = f"pp{result['n_prompt']}" if result["n_prompt"] else f"tg{result['n_gen']}"
         FIGURES[f"llama-bench {name}"] = result["avg_ts"]
@@ -164,14 +169,14 @@ def llama_bench(args) -> None:
           f"tg128 {FIGURES['llama-bench tg128']:.1f} tokens/s", flush=True)
 
 
-def start_raw_server(args, parallel: int, n_ctx_per_slot: int):
+def start_raw_server(args, parallel: int, n_ctx_per_slot: int, extra: list[str], env: dict[str, str]):
     port = _free_port()
     process = subprocess.Popen([str(args.bin / "llama-server"), "-m", str(args.model), "--port", str(port),
                                 "-np", str(parallel), "-c", str(parallel * n_ctx_per_slot), "--cont-batching",
-                                "-fa", "on", "-ngl", "99", "--no-webui"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                "-fa", "on", "-ngl", "99", "--no-webui", *extra],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                 if r.status == 200:
@@ -206,28 +211,41 @@ def concurrent_prompts(n: int, words_per_passage: int) -> list[list[dict]]:
               + f"\n</sources>\n\nAda asks: {text(rng, 12)}"}] for _ in range(n)]
 
 
+def stock_env() -> dict[str, str]:
+    """The environment without the patch's switch: llama.cpp exactly as it ships."""
+    return {k: v for k, v in os.environ.items() if k != "GGML_CUDA_MMQ_MAX_BATCH"}
+
+
 @section("llama-server -np 16")
 def raw_server(args) -> None:
-    process, port = start_raw_server(args, 16, 2048)
-    try:
-        prompts = concurrent_prompts(17, args.words_1200)
-        warm: list = []
-        raw_request(port, prompts[16], 16, warm, time.perf_counter())
-        for n in (1, 16):
-            results: list = []
-            started = time.perf_counter()
-            threads = [threading.Thread(target=raw_request, args=(port, prompts[i], 128, results, started)) for i in range(n)]
-            [t.start() for t in threads]
-            [t.join() for t in threads]
-            wall = max(r[2] for r in results) - started
-            tokens = sum(r[1] for r in results)
-            FIGURES[f"raw server {n} tokens/s"] = tokens / wall
-            FIGURES[f"raw server {n} first p95"] = p95([r[0] for r in results])
-            if n == 1:
-                FIGURES["raw server 1 decode"] = (results[0][1] - 1) / (results[0][2] - started - results[0][0])
-    finally:
-        process.terminate()
-        process.wait(20)
+    """llama-server with its default flags (the reference), then with the engine's (see ServerModel.command)."""
+    tuned = ["-b", "2048", "-ub", "2048", "--cache-ram", "0"]
+    for variant, extra, env in (("stock", [], stock_env()),
+                                ("tuned", tuned, dict(stock_env(), GGML_CUDA_MMQ_MAX_BATCH=str(args.mmq_max_batch)))):
+        process, port = start_raw_server(args, 16, 2048 if variant == "stock" else 8192, extra, env)
+        try:
+            prompts = concurrent_prompts(17, args.words_1200)
+            raw_request(port, prompts[16], 16, [], time.perf_counter())  # warm-up
+            firsts = []
+            for messages in concurrent_prompts(3, args.words_1800):
+                results: list = []
+                raw_request(port, messages, 16, results, time.perf_counter())
+                firsts.append(results[0][0])
+            FIGURES[f"raw {variant} first 1800"] = statistics.median(firsts)
+            for n in (1, 16):
+                results = []
+                started = time.perf_counter()
+                threads = [threading.Thread(target=raw_request, args=(port, prompts[i], 128, results, started)) for i in range(n)]
+                [t.start() for t in threads]
+                [t.join() for t in threads]
+                wall = max(r[2] for r in results) - started
+                FIGURES[f"raw {variant} {n} tokens/s"] = sum(r[1] for r in results) / wall
+                FIGURES[f"raw {variant} {n} first p95"] = p95([r[0] for r in results])
+                if n == 1:
+                    FIGURES[f"raw {variant} 1 decode"] = (results[0][1] - 1) / (results[0][2] - started - results[0][0])
+        finally:
+            process.terminate()
+            process.wait(20)
 
 
 # --- the project's engine --------------------------------------------------------------------
@@ -373,8 +391,13 @@ def engine_local(args, data_dir: Path, knowledge) -> None:
 
 @section("embedding on the GPU (ingestion)")
 def ingestion(args, embedder) -> None:
+    """As KnowledgeBase.ingest_paths does it: pypdf in worker processes (one per core but one), chunking and
+    embedding in this process as each file's pages arrive."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from knowledge.chunking import chunk_pages
-    from knowledge.pdf import extract_pages
+    from knowledge.pdf import extract_pages  # knowledge.base would import Chroma, not installed there
 
     pdfs = sorted(args.pdfs.glob("*.pdf")) if args.pdfs else []
     if not pdfs:
@@ -382,20 +405,25 @@ def ingestion(args, embedder) -> None:
         return
     config = load_config(None, env={}).knowledge
     embedder.encode(["warm up"])
-    started = time.perf_counter()
-    pages = chunks = 0
-    embed_seconds = 0.0
-    for pdf in pdfs:
-        extracted = extract_pages(pdf.read_bytes(), 50 * 2**20, 2000)
-        doc_chunks = chunk_pages(extracted, doc_id=pdf.stem, file=pdf.name, count_tokens=embedder.count_tokens,
-                                 max_tokens=config.chunk_tokens, overlap_tokens=config.chunk_overlap_tokens)
-        t = time.perf_counter()
-        embedder.encode([f"{pdf.stem}\n{c.text}" for c in doc_chunks])
-        embed_seconds += time.perf_counter() - t
-        pages, chunks = pages + len(extracted), chunks + len(doc_chunks)
-    wall = time.perf_counter() - started
+    workers = max(1, min(len(pdfs), (os.cpu_count() or 2) - 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(int).result()  # workers started before the clock
+        started = time.perf_counter()
+        pages = chunks = 0
+        embed_seconds = 0.0
+        jobs = [(pdf.name, pool.submit(extract_pages, pdf.read_bytes(), 50 * 2**20, 2000)) for pdf in pdfs]
+        for name, job in jobs:
+            extracted = job.result()
+            doc_chunks = chunk_pages(extracted, doc_id=name, file=name, count_tokens=embedder.count_tokens,
+                                     max_tokens=config.chunk_tokens, overlap_tokens=config.chunk_overlap_tokens)
+            t = time.perf_counter()
+            embedder.encode([f"{name}\n{c.text}" for c in doc_chunks])
+            embed_seconds += time.perf_counter() - t
+            pages, chunks = pages + len(extracted), chunks + len(doc_chunks)
+        wall = time.perf_counter() - started
     FIGURES.update({"ingest pages/s": pages / wall, "ingest chunks/s": chunks / wall,
-                    "embed chunks/s": chunks / embed_seconds, "ingest pages": pages, "ingest chunks": chunks})
+                    "embed chunks/s": chunks / embed_seconds, "ingest pages": pages, "ingest chunks": chunks,
+                    "ingest workers": workers})
 
 
 def make_embedder(args):
@@ -432,13 +460,16 @@ def table(args) -> str:
     add("llama-bench pp512 / pp2048, prefill tokens/s", f"{fmt('llama-bench pp512', ',.0f')} / {fmt('llama-bench pp2048', ',.0f')}", "", "")
     add("llama-bench tg128, decode tokens/s", fmt("llama-bench tg128", ".1f"), "", "")
     add("one channel, ~1,800-token prompt: message to first token (s)",
-        f"{fmt('plain first', '.3f')} (llama-cpp-python create_completion, {fmt('plain prompt tokens', '.0f')} tokens, no retrieval)",
-        f"local {fmt('local first', '.3f')} / server {fmt('server first', '.3f')}", "<= 0.25")
+        f"llama-server 1 client, stock {fmt('raw stock first 1800', '.3f')} / engine's flags {fmt('raw tuned first 1800', '.3f')} "
+        f"(no retrieval); llama-cpp-python create_completion {fmt('plain first', '.3f')}",
+        f"server {fmt('server first', '.3f')} / local {fmt('local first', '.3f')} (retrieval included)", "<= 0.25")
     add("one channel, decode tokens/s seen by the user",
-        f"{fmt('plain decode', '.1f')} (llama-cpp-python streaming); llama-server 1 client {fmt('raw server 1 decode', '.1f')}",
-        f"local {fmt('local decode', '.1f')} / server {fmt('server decode', '.1f')}", ">= 240")
+        f"llama-server 1 client, stock {fmt('raw stock 1 decode', '.1f')} / engine's flags {fmt('raw tuned 1 decode', '.1f')}; "
+        f"llama-cpp-python streaming {fmt('plain decode', '.1f')}",
+        f"server {fmt('server decode', '.1f')} / local {fmt('local decode', '.1f')}", ">= 240")
     add("16 channels at once, ~1,200-token prompts, 128-token answers: tokens/s in total",
-        f"llama-server -np 16: {fmt('raw server 16 tokens/s', '.0f')} (first token p95 {fmt('raw server 16 first p95', '.2f')} s)",
+        f"llama-server -np 16, stock {fmt('raw stock 16 tokens/s', '.0f')} (first token p95 {fmt('raw stock 16 first p95', '.2f')} s) "
+        f"/ engine's flags {fmt('raw tuned 16 tokens/s', '.0f')} (p95 {fmt('raw tuned 16 first p95', '.2f')} s)",
         f"server backend: {fmt('server 16 tokens/s', '.0f')}", ">= 500")
     add("16 channels: first token p95 / slowest (s); fewest pieces streamed to one channel", "",
         f"{fmt('server 16 first p95', '.2f')} / {fmt('server 16 slowest first', '.2f')}; {fmt('server 16 fewest pieces', '.0f')} of 128",
@@ -468,12 +499,15 @@ def main() -> None:
     parser.add_argument("--only", default="bench,raw,server,local,ingest")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda", help="for the embedder (cpu: a local smoke test)")
+    parser.add_argument("--mmq-max-batch", dest="mmq_max_batch", type=int, default=128,
+                        help="GGML_CUDA_MMQ_MAX_BATCH for the engine (patches/llama-cpp-mmq-max-batch.patch)")
     # Words per passage that make ~1,800-token (one channel) and ~1,200-token (16 channels) prompts
     # of 5 passages with the Llama-3 tokenizer.
     parser.add_argument("--words-1800", dest="words_1800", type=int, default=330)
     parser.add_argument("--words-1200", dest="words_1200", type=int, default=210)
     args = parser.parse_args()
     faulthandler.enable()  # a crash in llama.cpp or CUDA prints the Python stack that led there
+    os.environ["GGML_CUDA_MMQ_MAX_BATCH"] = str(args.mmq_max_batch)  # the engine's llama.cpp (and its llama-server)
     only = set(args.only.split(","))
     data_dir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     if args.child:  # the local engine alone, in a process without torch

@@ -4,7 +4,7 @@
 # everything else comes from DIST_DIR. Prints ONE table: raw llama.cpp (llama-bench, llama-server)
 # beside this project's engine, same build, same run, with the date and the GPU's name.
 #
-#   bash benchmarks/gpu_bench.sh DIST_DIR [--build-only]
+#   bash benchmarks/gpu_bench.sh DIST_DIR [--build-only | options of gpu_bench.py, e.g. --only raw,server]
 #
 # DIST_DIR holds (prepare it on a machine with PyPI, see below):
 #   llama_cpp_python-0.3.36.tar.gz   the sdist (or a trimmed llama-src.tar.xz of the same tree: without
@@ -35,6 +35,8 @@ if [ ! -f "$SRC/pyproject.toml" ]; then
   for f in "$DIST"/llama_cpp_python-*.tar.gz "$DIST"/llama-src.tar.*; do [ -f "$f" ] && archive=$f && break; done
   [ -n "$archive" ] || { echo "no llama-cpp-python sdist in $DIST" >&2; exit 1; }
   tar xf "$archive" -C "$SRC" --strip-components=1
+  # GGML_CUDA_MMQ_MAX_BATCH: prompt prefill on cuBLAS, decoding on MMQ (patches/, as in the Dockerfile)
+  patch -p1 -d "$SRC/vendor/llama.cpp" < "$REPO/patches/llama-cpp-mmq-max-batch.patch" >/dev/null
 fi
 
 # The same llama.cpp flags as the Dockerfile (tests/test_docker.py checks they agree).
@@ -62,4 +64,4 @@ fi
 extra=()
 [ -d "$DIST/pdfs" ] && extra+=(--pdfs "$DIST/pdfs")
 if [ -d "$DIST/minilm" ]; then cp -r "$DIST/minilm" "$WORK/minilm" 2>/dev/null || true; extra+=(--embedder "$WORK/minilm"); fi
-PYTHONUNBUFFERED=1 python3 "$REPO/benchmarks/gpu_bench.py" --model "$MODEL" --bin "$BUILD/bin" "${extra[@]}" "${@:3}"
+PYTHONUNBUFFERED=1 python3 "$REPO/benchmarks/gpu_bench.py" --model "$MODEL" --bin "$BUILD/bin" "${extra[@]}" "${@:2}"

@@ -372,12 +372,13 @@ class ServerModel(RemoteModel):
                     "--n_batch", str(c.n_batch), "--flash_attn", str(c.flash_attn),
                     "--n_threads", str(c.n_threads or os.cpu_count())]
         return [c.server_binary, "-m", str(self.path), "--host", "127.0.0.1", "--port", str(self.port),
-                # -c is split between the slots: each gets n_ctx tokens and its own KV range. With a unified
-                # cache (--kv-unified) the engine measured 199 tokens/s in total at 16 channels on an H100,
-                # against 469 for llama-server without it in the same run; the likely cause is attention
-                # over every slot's cells. Not yet re-measured without it.
-                "-c", str(c.n_ctx * c.parallel), "-np", str(c.parallel), "--cont-batching",
-                "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers), "-b", str(max(c.n_batch, 2048)),
+                # -c is split between the slots: each gets n_ctx tokens and its own KV range (a unified
+                # cache, --kv-unified, made 16 channels 2.4x slower on an H100). Each slot keeps its last
+                # prompt in the KV cache; the host-memory prompt cache on top (--cache-ram) doubled the
+                # first-token time of a new ~1,800-token prompt (0.37 s against 0.19 s), so it is off.
+                "-c", str(c.n_ctx * c.parallel), "-np", str(c.parallel), "--cont-batching", "--cache-ram", "0",
+                "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers),
+                "-b", str(max(c.n_batch, 2048)), "-ub", str(max(c.n_batch, 2048)),
                 "-fa", "on" if c.flash_attn else "off", "-ctk", c.kv_cache_type, "-ctv", c.kv_cache_type,
                 "-t", str(c.n_threads or os.cpu_count()), "--jinja", "--no-webui"]
 

@@ -29,6 +29,10 @@ def test_docker_builds_llama_cpp_with_the_benchmark_flags():
     # The Python bindings reuse those libraries rather than compiling llama.cpp a second time.
     assert 'CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" pip install' in _dockerfile()
     assert 'CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" python3 -m pip install' in bench
+    # Both apply the same patch to llama.cpp, and the image switches it on.
+    patch = "patches/llama-cpp-mmq-max-batch.patch"
+    assert (ROOT / patch).is_file() and patch in _dockerfile() and patch in bench
+    assert "GGML_CUDA_MMQ_MAX_BATCH=128" in _dockerfile()
 
 
 def test_docker_stages_user_volumes_and_command():
