@@ -73,7 +73,7 @@ class LocalModel:
         self.path = path or model_path(config)
         check_model_file(self.path, config.n_gpu_layers)
         self.n_ctx = config.n_ctx
-        kwargs = dict(n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_batch=config.n_batch,
+        kwargs = dict(n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_batch=config.n_batch, n_ubatch=config.n_batch,
                       n_threads=config.n_threads or os.cpu_count(), flash_attn=config.flash_attn,
                       type_k=_GGML_TYPE[config.kv_cache_type], type_v=_GGML_TYPE[config.kv_cache_type], verbose=False)
         if config.rope_scaling != "none":
