@@ -32,7 +32,9 @@ class KnowledgeConfig:
     embedding_batch_size: int = 64
     # all-MiniLM-L6-v2 reads 256 word pieces; chunks stay below that, header included.
     chunk_tokens: int = 200
-    chunk_overlap_tokens: int = 32
+    # Chunks are packed from whole lines, so no table row is cut. Repeating the last lines of a chunk
+    # in the next (32 word pieces) made 7% more chunks to embed and no better hit@5 on the 10-Qs.
+    chunk_overlap_tokens: int = 0
     max_file_mb: float = 50.0
     max_pages: int = 2000
     top_k: int = 5

@@ -101,7 +101,8 @@ class KnowledgeBase:
         """Ingest many files, extracting text in worker processes while this one embeds.
 
         Yields one result per file, in order. pypdf is pure Python and the slowest stage on a
-        small CPU, so it runs in parallel with embedding instead of before it.
+        small CPU, so it runs in parallel with embedding instead of before it; once every file is
+        extracted, embedding takes the workers' cores too.
         """
         workers = max(1, min(len(paths), (os.cpu_count() or 2) - 1))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -119,6 +120,11 @@ class KnowledgeBase:
                     jobs.append(IngestResult(path.name, "unchanged", old.pages, old.chunks))
                 else:
                     jobs.append(pool.submit(_extract, path.name, data, self.max_bytes, self.config.max_pages))
+            extractions = [job for job in jobs if not isinstance(job, IngestResult)]
+
+            def cores_free() -> bool:
+                return all(e.done() for e in extractions)
+
             for job in jobs:
                 if isinstance(job, IngestResult):
                     yield job
@@ -128,14 +134,15 @@ class KnowledgeBase:
                 if reason:
                     yield IngestResult(name, "refused", reason=reason, seconds=extract_seconds)
                     continue
-                result = self.add_pages(guild, name, sha, size, pages, progress, started, started)
+                result = self.add_pages(guild, name, sha, size, pages, progress, started, started, cores_free)
                 timings = dict(result.timings, extract=extract_seconds)
                 yield dataclasses.replace(result, seconds=result.seconds + extract_seconds, timings=timings)
 
     def add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
                   progress: Progress | None = None, started: float | None = None,
-                  extracted: float | None = None) -> IngestResult:
-        """Chunk, embed and store pages already extracted (the CLI extracts in other processes)."""
+                  extracted: float | None = None, cores_free: Callable[[], bool] = lambda: False) -> IngestResult:
+        """Chunk, embed and store pages already extracted (the CLI extracts in other processes).
+        cores_free() says whether embedding may use every core (nothing else of ours is busy)."""
         started = started or time.perf_counter()
         extracted = extracted or started
         store = self.store(guild)
@@ -146,7 +153,7 @@ class KnowledgeBase:
         label = retrieval.doc_label(name)
         # The file name travels with every passage: "2023 Q3 AAPL" says which report a table is from.
         search_texts = [f"{label}\n{c.text}" for c in chunks]
-        embeddings = self._embed(search_texts, [c.page for c in chunks], name, len(pages), progress)
+        embeddings = self._embed(search_texts, [c.page for c in chunks], name, len(pages), progress, cores_free)
         embedded = time.perf_counter()
         profile = f"{label}\n" + " ".join(pages[0].text.split()[:_PROFILE_WORDS])
         store.add_document(name, sha, size, len(pages), profile, chunks, search_texts, embeddings)
@@ -158,13 +165,13 @@ class KnowledgeBase:
                             timings=timings)
 
     def _embed(self, texts: list[str], page_of: list[int], name: str, n_pages: int,
-               progress: Progress | None) -> np.ndarray:
+               progress: Progress | None, cores_free: Callable[[], bool]) -> np.ndarray:
         if progress:
             progress(name, 0, n_pages)
         step = self.config.embedding_batch_size * 4
         parts = []
         for i in range(0, len(texts), step):
-            parts.append(self.embedder.encode(texts[i:i + step]))
+            parts.append(self.embedder.encode(texts[i:i + step], all_cores=cores_free()))
             if progress:
                 end = min(i + step, len(texts))
                 progress(name, n_pages if end == len(texts) else page_of[end - 1], n_pages)

@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -54,6 +55,7 @@ class Embedder:
         self.batch_size = batch_size
         self._model = None
         self._lock = threading.Lock()
+        self._share = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="embed")
 
     @property
     def model(self):
@@ -101,13 +103,37 @@ class Embedder:
         encoded = self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length float32 vectors, one row per text."""
+    def encode(self, texts: Sequence[str], all_cores: bool = False) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text.
+
+        all_cores: the caller knows the other cores are idle (bulk ingestion once text extraction
+        is done). On the CPU the texts are then split over enough threads to fill every core, each
+        running the model with the usual torch threads; this adds no spinning torch threads, so a
+        question embedded meanwhile only shares the cores.
+        """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        texts = list(texts)
+        parts = self._cpu_parts() if all_cores else 1
+        if parts > 1 and len(texts) >= 2 * self.batch_size:
+            slices = [texts[i::parts] for i in range(parts)]
+            vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+            for i, part in enumerate(self._share.map(self._encode, slices)):
+                vectors[i::parts] = part
+            return vectors
+        return self._encode(texts)
+
+    def _cpu_parts(self) -> int:
+        import torch
+
+        if self.model.device.type != "cpu":
+            return 1
+        return max(1, (os.cpu_count() or 2) // torch.get_num_threads())
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         model = self.model
         with self._autocast():
-            vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+            vectors = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                    convert_to_numpy=True, show_progress_bar=False)
         return vectors.astype(np.float32)
 
