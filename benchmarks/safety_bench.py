@@ -7,6 +7,8 @@ Without --lodo: the shipped classifier, which was trained on all these files (tu
 With --lodo: for each group (harmbench, simplesafetytests, jbb, gptfuzz) a classifier is trained
 without that group and measured on it: the honest estimate for sets the filter never saw (minutes).
 The qna questions are never trained on. Layers 1-2 run as in the bot (rules, then classifier).
+--guard GGUF adds layer 3 (a guard model: Llama Guard 3 1B/8B, or an instruct model as judge) after
+layers 1-2, with --gpu-layers of it on the GPU (-1: all); `--guard-only` measures it alone.
 --pdfs DIR also measures passage screening: sentences cut from real PDFs (false alarms) and injected
 instructions (written below, and known when the detector was written: tuned-on) that are cut.
 """
@@ -14,6 +16,7 @@ instructions (written below, and known when the detector was written: tuned-on) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import random
 import sys
@@ -30,14 +33,17 @@ from bot.safety import GuildSettings, SafetyFilter  # noqa: E402
 from bot.safety.rules import neutralise_instructions  # noqa: E402
 from bot.safety.classifier import WEIGHTS, Classifier, Featurizer  # noqa: E402
 from bot.safety.data import GROUPS, dev_sets  # noqa: E402
+from bot.safety.guard import Guard  # noqa: E402
 from bot.safety.settings import SettingsStore  # noqa: E402
 from bot.safety.train import synthetic, train  # noqa: E402
 
 
-def measure(name: str, rows, classifier: Classifier, tag: str) -> None:
+def measure(name: str, rows, classifier: Classifier, tag: str, guard=None, guard_only: bool = False) -> None:
     expected = rows[0][1]
-    for level in ("standard", "strict"):
-        safety = SafetyFilter(SafetyConfig(), SettingsStore(Path(":memory:"), GuildSettings(level=level)), classifier)
+    settings = GuildSettings(rules=not guard_only, classifier=not guard_only)
+    for level in ("standard", "strict") if not guard_only else ("standard",):
+        safety = SafetyFilter(SafetyConfig(), SettingsStore(Path(":memory:"), dataclasses.replace(settings, level=level)),
+                              classifier, guard)
         times, refused = [], 0
         for text, _, _ in rows:
             started = time.perf_counter()
@@ -87,6 +93,9 @@ def main() -> int:
     parser.add_argument("--qna", type=Path, default=None, help="CSV with a Question column (default: ../rag-dev/docugami_sec10q/qna_data.csv)")
     parser.add_argument("--lodo", action="store_true", help="leave one group out: train without it, measure on it")
     parser.add_argument("--pdfs", type=Path, default=None, help="folder of clean PDFs to measure passage screening on")
+    parser.add_argument("--guard", type=Path, default=None, help="a guard GGUF: add layer 3 (not with --lodo)")
+    parser.add_argument("--guard-only", action="store_true", help="with --guard: layer 3 alone, layers 1-2 off")
+    parser.add_argument("--gpu-layers", type=int, default=-1, help="guard layers on the GPU (-1: all, 0: CPU)")
     args = parser.parse_args()
     if args.pdfs:
         measure_screening(args.pdfs)
@@ -98,8 +107,10 @@ def main() -> int:
     featurizer = Featurizer()
     if not args.lodo:
         classifier = Classifier(WEIGHTS, featurizer)
+        guard = Guard(args.guard, args.gpu_layers) if args.guard else None
         for name, rows in sets.items():
-            measure(name, rows, classifier, "tuned-on" if not name.startswith("qna") else "unseen")
+            tag = "unseen" if name.startswith("qna") or args.guard_only else "tuned-on"
+            measure(name, rows, classifier, tag, guard, args.guard_only)
         return 0
     for group, held in GROUPS.items():
         rows = synthetic(random.Random(0)) + [r for name, part in sets.items() if name not in held and not name.startswith("qna") for r in part]

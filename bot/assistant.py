@@ -115,6 +115,15 @@ class Assistant:
     def default_refusal(self) -> str:
         return self.config.safety.refusal
 
+    @property
+    def guard(self) -> str:
+        """The guard model (layer 3) and its latency so far, or "" when the bot has none."""
+        guard = getattr(self.pipeline.safety, "guard", None)
+        if guard is None:
+            return ""
+        calls, p50, p95 = guard.latency()
+        return guard.describe() + (f", p50 {p50:.0f} ms, p95 {p95:.0f} ms over the last {calls} checks" if calls else "")
+
     def on_refusal(self, callback: Callable[[Refusal], None] | None) -> None:
         """Call `callback` (from a worker thread) with every refusal; None stops it."""
         if self.pipeline.safety is not None:

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ConfigError as e:  # found while starting a part, e.g. a guard model that does not load
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
 
 
 class UserError(Exception):
@@ -193,6 +196,7 @@ def _safety_eval(config: Config, args) -> int:
 
     from bot.safety import GuildSettings, SafetyFilter
     from bot.safety.data import InputError, read_prompts
+    from bot.safety.filter import open_guard
     from bot.safety.settings import SettingsStore
 
     try:
@@ -204,7 +208,8 @@ def _safety_eval(config: Config, args) -> int:
     if args.guild is not None:
         safety = SafetyFilter.open(config)
     else:  # the config's defaults, nothing written to the data dir
-        safety = SafetyFilter(config.safety, SettingsStore(Path(":memory:"), GuildSettings(config.safety.level)))
+        safety = SafetyFilter(config.safety, SettingsStore(Path(":memory:"), GuildSettings(config.safety.level)),
+                              guard=open_guard(config))
     guild = str(args.guild or "")
     if args.level:
         safety.store.put(guild, dataclasses.replace(safety.settings(guild), level=args.level))

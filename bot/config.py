@@ -121,6 +121,9 @@ class SafetyConfig:
     screen_passages: bool = True
     # Keep the text of refused messages in the refusal log (servers can change it).
     log_text: bool = False
+    # Layer 3: a guard model in GGUF (Llama Guard 3 1B/8B, or any instruct model asked as a judge) that checks
+    # questions and answers; empty: no layer 3. Runs with model.n_gpu_layers and model.n_threads.
+    guard_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -304,6 +307,8 @@ def _check_ranges(config: Config) -> None:
         ("safety.refusal", 0 < len(s.refusal.strip()) <= 500, "non-empty and at most 500 characters"),
         *[(f"safety.{name}", 0 < getattr(s, name) <= 1, "above 0 and at most 1")
           for name in ("threshold_standard", "threshold_strict")],
+        ("safety.guard_model", not s.guard_model or Path(s.guard_model).expanduser().is_file(),
+         f"empty (no guard layer) or the path of a GGUF file; {s.guard_model!r} does not exist"),
     ]
     for name, ok, allowed in rules:
         if not ok:

@@ -58,7 +58,8 @@ class Safety(Protocol):
 
     def check_input(self, text: str, where: Where) -> Verdict: ...
 
-    def check_output(self, text: str, where: Where) -> Verdict: ...
+    def check_output(self, text: str, where: Where, question: str = "") -> Verdict:
+        """The check of an answer (so far) to `question`."""
 
     def screen_passages(self, passages: list) -> list:
         """The retrieved passages made safe to put in the prompt (instructions in them neutralised)."""
@@ -151,11 +152,11 @@ class Pipeline:
                     yield Piece(piece)
                     if self.safety is not None and len(answer) - checked >= _CHECK_EVERY:
                         checked = len(answer)
-                        if refusal := await self._refuse_output(answer, exchange_id, where):
+                        if refusal := await self._refuse_output(answer, exchange_id, where, question):
                             finished = True
                             yield refusal
                             return
-            if self.safety is not None and (refusal := await self._refuse_output(answer, exchange_id, where)):
+            if self.safety is not None and (refusal := await self._refuse_output(answer, exchange_id, where, question)):
                 finished = True
                 yield refusal
                 return
@@ -179,8 +180,8 @@ class Pipeline:
             if exchange_id is not None and not finished:  # the caller stopped listening mid-answer
                 await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "interrupted")
 
-    async def _refuse_output(self, answer: str, exchange_id: int, where: Where) -> Done | None:
-        verdict = await asyncio.to_thread(self.safety.check_output, answer, where)
+    async def _refuse_output(self, answer: str, exchange_id: int, where: Where, question: str) -> Done | None:
+        verdict = await asyncio.to_thread(self.safety.check_output, answer, where, question)
         if verdict.allowed:
             return None
         await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "refused")

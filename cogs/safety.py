@@ -31,11 +31,13 @@ def _code(items: tuple[str, ...], room: int) -> str:
     return shorten(", ".join(f"`{i.replace('`', chr(0x2035))}`" for i in items), room) if items else "none"
 
 
-def describe(s: GuildSettings, default_refusal: str) -> str:
+def describe(s: GuildSettings, default_refusal: str, guard: str = "") -> str:
+    """`guard`: the bot's guard model and its latency ("" when it has none)."""
     disabled = ", ".join(f"{c} ({CATEGORIES[c]})" for c in s.disabled_categories) or "none"
     return "\n".join([
         f"**Level**: {s.level}",
-        f"**Layers**: rules {_on(s.rules)}, classifier {_on(s.classifier)}",
+        f"**Layers**: rules {_on(s.rules)}, classifier {_on(s.classifier)}, "
+        + (f"guard {_on(s.guard)} ({shorten(guard, 200)})" if guard else "guard not available (no guard model configured)"),
         f"**Disabled categories**: {shorten(disabled, 300)}",
         f"**Blocked terms** ({len(s.blocked_terms)}): {_code(s.blocked_terms, 450)}",
         f"**Blocked patterns** ({len(s.blocked_patterns)}): {_code(s.blocked_patterns, 450)}",
@@ -79,7 +81,7 @@ class Safety(commands.Cog):
         except ValueError as e:
             await respond(interaction, str(e), ephemeral=True)
             return
-        await respond(interaction, describe(s, self.assistant.default_refusal), ephemeral=True)
+        await respond(interaction, describe(s, self.assistant.default_refusal, self.assistant.guard), ephemeral=True)
 
     @safety.command(name="level", description="How strict the filter is (off answers everything)")
     @app_commands.describe(level="off, standard or strict")
@@ -88,9 +90,10 @@ class Safety(commands.Cog):
                           f"🛡️ Safety level: **{level}**.")
 
     @safety.command(name="layer", description="Turn a layer of the filter on or off")
-    @app_commands.describe(layer="rules: blocked terms and jailbreaks; classifier: harmful intent",
-                           state="on or off")
-    async def layer(self, interaction: discord.Interaction, layer: Literal["rules", "classifier"], state: OnOff) -> None:
+    @app_commands.describe(layer="rules: blocked terms and jailbreaks; classifier: harmful intent; "
+                                 "guard: the guard model, if the bot has one", state="on or off")
+    async def layer(self, interaction: discord.Interaction, layer: Literal["rules", "classifier", "guard"],
+                    state: OnOff) -> None:
         await self._apply(interaction, self.assistant.set_safety_layer(self._guild(interaction), layer, state == "on"),
                           f"🛡️ The {layer} layer is **{state}**.")
 

@@ -107,10 +107,13 @@ async def test_show_autocomplete_and_bad_input_changes_nothing(fake_discord, bot
     assert await admin(fake_discord, "safety block") == "Give either a term or a pattern (one of them)."
     assert (await admin(fake_discord, "safety refusal", {"text": "x" * 501})).startswith("Nothing changed: the refusal text is too long")
     assert await admin(fake_discord, "safety unblock", {"entry": "nothing"}) == "That is not blocked here; `/safety show` lists what is."
+    assert (await admin(fake_discord, "safety layer", {"layer": "guard", "state": "on"})).startswith(
+        "Nothing changed: this bot has no guard model: its owner can set safety.guard_model")
     assert await bot.assistant.safety_settings(guild) == before
 
     shown = await admin(fake_discord, "safety show")
-    assert "**Level**: standard" in shown and "**Layers**: rules on, classifier off" in shown
+    assert "**Level**: standard" in shown
+    assert "**Layers**: rules on, classifier off, guard not available (no guard model configured)" in shown
     assert "**Disabled categories**: S6 (Specialized advice)" in shown and "**Blocked terms** (1): `Zeppelin`" in shown
     assert "**Blocked patterns** (1): `ab+c`" in shown and "**Log channel**: none" in shown
     assert "**Refusal text** (default): Sorry, I can't help" in shown

@@ -115,7 +115,7 @@ class KeywordSafety:
     def check_input(self, text, where):
         return Verdict("forbidden" not in text, "I can't help with that.")
 
-    def check_output(self, text, where):
+    def check_output(self, text, where, question=""):
         return Verdict(False, "I stopped that answer.")
 
     def screen_passages(self, passages):

@@ -3,7 +3,8 @@
 Features of a text (no transformer pass, so no GPU and no 20-100 ms MiniLM forward):
   dense   the mean and the max of all-MiniLM-L6-v2's word-piece input embeddings (the 384-d table of the
           model the knowledge base already ships; nothing extra is downloaded), each L2-normalised
-  sparse  hashed word unigrams and bigrams (zlib.crc32 into HASH_BUCKETS buckets)
+  sparse  hashed unigrams and bigrams of crudely stemmed words ("killing" -> "kill"; zlib.crc32 into
+          HASH_BUCKETS buckets)
 Model (trained by bot/safety/train.py, weights in classifier.npz):
   harm logit     = sparse weights summed / sqrt(n) + MLP(dense)   (768 -> 64 ReLU -> 1)
   category probs = softmax(W_cat [dense, hidden] + b), over S1..S14
@@ -36,9 +37,22 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
+_SUFFIX = re.compile(r"(?<=[a-z]{3})(?:ing|ed|es|s|ly)$")
+
+
+def stem(word: str) -> str:
+    """A crude stem, so that "killing", "kills" and "killed" share weights with "kill"."""
+    if word.endswith("ss") or "'" in word:
+        return word
+    short = _SUFFIX.sub("", word)
+    if short != word and len(short) > 3 and short[-1] == short[-2] and short[-1] not in "lsz":
+        short = short[:-1]  # stopping -> stopp -> stop
+    return short
+
+
 def hashed_ngrams(text: str) -> np.ndarray:
-    """Bucket ids of the word unigrams and bigrams of a normalised text."""
-    words = _WORD.findall(text)
+    """Bucket ids of the (stemmed) word unigrams and bigrams of a normalised text."""
+    words = [stem(w) for w in _WORD.findall(text)]
     grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
     return np.fromiter((zlib.crc32(g.encode()) % HASH_BUCKETS for g in grams), dtype=np.int64, count=len(grams))
 

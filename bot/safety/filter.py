@@ -4,6 +4,9 @@ Layers, cheapest first, each switchable per server; levels off / standard / stri
   1 rules       the server's blocked terms and patterns; jailbreak wrappers (category "jailbreak")
   2 classifier  the intent classifier (bot.safety.classifier); refuses when P(harm) restricted to the
                 server's enabled categories reaches the level's threshold (questions only, not answers)
+  3 guard       only when safety.guard_model is set: a guard model (bot.safety.guard, Llama Guard 3 or an
+                instruct model as judge) asked about questions and answers, for the server's enabled
+                categories; runs last, when the cheaper layers let the text through
 Passages retrieved from the server's PDFs are screened too: instruction-like sentences are cut out.
 Every refusal is logged (category, layer, user, channel; the text only if the server asks) and passed
 to `on_refusal`, which the Discord layer sets to post it in the server's log channel.
@@ -15,12 +18,14 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
-from bot.config import Config, SafetyConfig
+from bot.config import Config, ConfigError, SafetyConfig
 from bot.pipeline import Verdict, Where
 from bot.safety import rules
 from bot.safety.classifier import Classifier
+from bot.safety.guard import Guard, GuardError
 from bot.safety.settings import LAYERS, LEVELS, GuildSettings, Refusal, SettingsStore
 from bot.safety.taxonomy import CATEGORIES, HAZARDS, check_category
 
@@ -32,28 +37,34 @@ _NOWHERE = Where("", "", "")
 @dataclass(frozen=True)
 class Decision:
     refuse: bool
-    layer: str = ""  # rules, classifier ("" when answered)
+    layer: str = ""  # rules, classifier, guard ("" when answered)
     category: str = ""
     score: float = 0.0  # the classifier's P(harm) over enabled categories, when it ran
+    guard_ms: float = 0.0  # the guard model's time, when it ran
 
 
 class SafetyFilter:
-    def __init__(self, config: SafetyConfig, store: SettingsStore, classifier: Classifier | None = None):
+    def __init__(self, config: SafetyConfig, store: SettingsStore, classifier: Classifier | None = None,
+                 guard: Guard | None = None):
         self.config = config
         self.store = store
         self.classifier = classifier or Classifier()
+        self.guard = guard  # layer 3, None unless safety.guard_model is set
         # Called (from a worker thread) with each Refusal; the Discord layer posts it to refusal.log_channel.
         self.on_refusal: Callable[[Refusal], None] | None = None
 
     @classmethod
     def open(cls, config: Config) -> SafetyFilter:
         s = config.safety
-        safety = cls(s, SettingsStore(config.data_dir / "safety.sqlite3", GuildSettings(level=s.level, log_text=s.log_text)))
+        guard = open_guard(config)
+        safety = cls(s, SettingsStore(config.data_dir / "safety.sqlite3", GuildSettings(level=s.level, log_text=s.log_text)),
+                     guard=guard)
         safety.classifier.load()
         return safety
 
     # --- checks -------------------------------------------------------------------------------
-    def judge(self, text: str, guild: str = "", output: bool = False) -> Decision:
+    def judge(self, text: str, guild: str = "", output: bool = False, question: str = "") -> Decision:
+        """The verdict on a question, or (output) on an answer to `question`, under the server's settings."""
         settings = self.store.get(guild)
         if settings.level == "off":
             return Decision(False)
@@ -67,25 +78,32 @@ class SafetyFilter:
                 return Decision(True, "rules", "jailbreak")
         # The classifier reads requests; on answers it cannot tell a 10-Q summary (P(harm) p95 0.66, max 0.95)
         # from harmful instructions (0.66-0.71), so answers get layer 1 only.
-        if settings.classifier and not output:
+        on = [c for c in HAZARDS if c in enabled]
+        harm = 0.0
+        if settings.classifier and not output and on:
             score = self.classifier.score(text)
-            on = [c for c in HAZARDS if c in enabled]
-            if on:
-                harm = score.harm * sum(score.categories[c] for c in on)
-                threshold = self.config.threshold_strict if strict else self.config.threshold_standard
-                if harm >= threshold:
-                    return Decision(True, "classifier", max(on, key=score.categories.get), harm)
-                return Decision(False, score=harm)
-        return Decision(False)
+            harm = score.harm * sum(score.categories[c] for c in on)
+            threshold = self.config.threshold_strict if strict else self.config.threshold_standard
+            if harm >= threshold:
+                return Decision(True, "classifier", max(on, key=score.categories.get), harm)
+        if settings.guard and self.guard is not None and on:
+            verdict = self.guard.check(text, "output" if output else "input", on, question)
+            # Codes of categories this server turned off do not count; "unparsed" fails safe unless turned off.
+            named = [c for c in verdict.categories if c in enabled]
+            if not verdict.safe and named:
+                return Decision(True, "guard", named[0], harm, verdict.ms)
+            return Decision(False, score=harm, guard_ms=verdict.ms)
+        return Decision(False, score=harm)
 
     def check_input(self, text: str, where: Where = _NOWHERE) -> Verdict:
         return self._verdict(text, where, "input")
 
-    def check_output(self, text: str, where: Where = _NOWHERE) -> Verdict:
-        return self._verdict(text, where, "output")
+    def check_output(self, text: str, where: Where = _NOWHERE, question: str = "") -> Verdict:
+        """The check of an answer (so far) to `question`."""
+        return self._verdict(text, where, "output", question)
 
-    def _verdict(self, text: str, where: Where, stage: str) -> Verdict:
-        decision = self.judge(text, where.guild, output=stage == "output")
+    def _verdict(self, text: str, where: Where, stage: str, question: str = "") -> Verdict:
+        decision = self.judge(text, where.guild, output=stage == "output", question=question)
         if not decision.refuse:
             return Verdict(True)
         settings = self.store.get(where.guild)
@@ -131,6 +149,9 @@ class SafetyFilter:
     def set_layer(self, guild: str, layer: str, on: bool) -> GuildSettings:
         if layer not in LAYERS:
             raise ValueError(f"unknown layer {layer!r}; choose one of: {', '.join(LAYERS)}")
+        if layer == "guard" and self.guard is None:
+            raise ValueError("this bot has no guard model: its owner can set safety.guard_model in the config "
+                             "to a GGUF file (e.g. Llama Guard 3 1B)")
         return self._update(guild, **{layer: on})
 
     def set_category(self, guild: str, category: str, on: bool) -> GuildSettings:
@@ -178,3 +199,15 @@ class SafetyFilter:
 
     def close(self) -> None:
         self.store.close()
+        if self.guard is not None:
+            self.guard.close()
+
+
+def open_guard(config: Config) -> Guard | None:
+    """The guard model of safety.guard_model, or None when it is empty; ConfigError naming the key."""
+    if not config.safety.guard_model:
+        return None
+    try:
+        return Guard(Path(config.safety.guard_model), config.model.n_gpu_layers, config.model.n_threads)
+    except GuardError as e:
+        raise ConfigError(str(e)) from None

@@ -17,7 +17,7 @@ from typing import Literal
 
 Level = Literal["off", "standard", "strict"]
 LEVELS = ("off", "standard", "strict")
-LAYERS = ("rules", "classifier")
+LAYERS = ("rules", "classifier", "guard")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS guild_settings (guild TEXT PRIMARY KEY, settings TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -39,6 +39,7 @@ class GuildSettings:
     log_text: bool = False  # keep the refused message's text in the log
     rules: bool = True  # layer 1 on
     classifier: bool = True  # layer 2 on
+    guard: bool = True  # layer 3 on (when the bot has a guard model: safety.guard_model)
     disabled_categories: tuple[str, ...] = ()
 
 
@@ -49,8 +50,8 @@ class Refusal:
     channel: str
     user_id: str
     stage: Literal["input", "output"]
-    layer: str  # rules, classifier
-    category: str  # S1..S14, jailbreak, blocked
+    layer: str  # rules, classifier, guard
+    category: str  # S1..S14, jailbreak, blocked, unparsed
     text: str | None  # only when the server's log_text is on
     log_channel: str = ""
 

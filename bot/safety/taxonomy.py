@@ -1,4 +1,4 @@
-"""Hazard categories: the MLCommons taxonomy used by Llama Guard 3 (S1-S14), plus the filter's own two."""
+"""Hazard categories: the MLCommons taxonomy used by Llama Guard 3 (S1-S14), plus the filter's own three."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ CATEGORIES = {
     "S14": "Code interpreter abuse",
     "jailbreak": "Attempts to make the bot ignore its rules (role-play wrappers, 'ignore previous instructions')",
     "blocked": "A term or pattern this server's admins blocked",
+    "unparsed": "The guard model's verdict could not be read (counted as unsafe unless this is off)",
 }
 HAZARDS = tuple(c for c in CATEGORIES if c.startswith("S"))  # what the classifier predicts
 
