@@ -122,8 +122,9 @@ class SafetyConfig:
     # Keep the text of refused messages in the refusal log (servers can change it).
     log_text: bool = False
     # Layer 3: a guard model in GGUF (Llama Guard 3 1B/8B, or any instruct model asked as a judge) that checks
-    # questions and answers; empty: no layer 3. Runs with model.n_gpu_layers and model.n_threads.
+    # questions and answers; empty: no layer 3. It runs in the bot's process, with model.n_threads.
     guard_model: str = ""
+    guard_n_gpu_layers: int = -1  # -1: every layer on the GPU (when llama.cpp has one); 0: CPU only
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ def _check_ranges(config: Config) -> None:
           for name in ("threshold_standard", "threshold_strict")],
         ("safety.guard_model", not s.guard_model or Path(s.guard_model).expanduser().is_file(),
          f"empty (no guard layer) or the path of a GGUF file; {s.guard_model!r} does not exist"),
+        ("safety.guard_n_gpu_layers", s.guard_n_gpu_layers >= -1, "-1 (every layer), 0 (CPU only) or a layer count"),
     ]
     for name, ok, allowed in rules:
         if not ok:

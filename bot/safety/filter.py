@@ -208,6 +208,6 @@ def open_guard(config: Config) -> Guard | None:
     if not config.safety.guard_model:
         return None
     try:
-        return Guard(Path(config.safety.guard_model), config.model.n_gpu_layers, config.model.n_threads)
+        return Guard(Path(config.safety.guard_model), config.safety.guard_n_gpu_layers, config.model.n_threads)
     except GuardError as e:
         raise ConfigError(str(e)) from None
