@@ -139,3 +139,9 @@ def test_safety_section(tmp_path):
         load_config(None, env={"BOT_SAFETY_LEVEL": "max"})
     with pytest.raises(ConfigError, match="safety.threshold_strict must be above 0 and at most 1"):
         load_config(write(tmp_path, "[safety]\nthreshold_strict = 1.5\n"), env={})
+
+
+def test_guard_gpu_layers_are_validated():
+    with pytest.raises(ConfigError, match=r"safety\.guard_n_gpu_layers must be -1 \(every layer\), 0 \(CPU only\)"):
+        load_config(None, env={"BOT_SAFETY_GUARD_N_GPU_LAYERS": "-2"})
+    assert load_config(None, env={"BOT_SAFETY_GUARD_N_GPU_LAYERS": "0"}).safety.guard_n_gpu_layers == 0
