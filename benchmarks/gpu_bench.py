@@ -367,7 +367,11 @@ def engine_local(args, data_dir: Path, knowledge) -> None:
         before = gpu_used_mib()
     except (OSError, IndexError, ValueError):
         before = None
+    # This child died with a segmentation fault and no Python stack on the H100 (2026-11-23); the steps
+    # it prints say how far it got.
+    print("  local: loading the model", flush=True)
     llm = LocalModel(config.model)
+    print("  local: model loaded", flush=True)
     if before is not None:
         FIGURES["local memory c8192"] = gpu_used_mib() - before
     # Plain llama-cpp-python streaming, the 198 tokens/s reference: create_completion(stream=True).
@@ -384,6 +388,7 @@ def engine_local(args, data_dir: Path, knowledge) -> None:
         rates.append((n - 1) / (time.perf_counter() - first))
     FIGURES["plain first"], FIGURES["plain decode"] = statistics.median(firsts), statistics.median(rates)
     FIGURES["plain prompt tokens"] = len(prompt)
+    print("  local: plain llama-cpp-python done; now the engine", flush=True)
     llm.llama.reset()
     engine_runs(args, "local", llm, data_dir, knowledge, config, concurrent=False)
     llm.llama.close()
