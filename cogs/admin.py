@@ -10,7 +10,7 @@ from discord.ext import commands
 
 from bot.assistant import Assistant
 from bot.replies import MESSAGE_LIMIT
-from cogs.common import NEEDS_MANAGER, manages_server, respond, shorten
+from cogs.common import require_manager, respond, shorten
 
 MANAGERS = discord.Permissions(manage_guild=True)
 
@@ -28,9 +28,8 @@ class Admin(commands.Cog):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Servers can let anyone run these commands; the bot still requires Manage Server (not for /status)."""
         group = interaction.command.root_parent if interaction.command else None
-        if group is not None and group.name in ("memory", "persona") and not manages_server(interaction):
-            await respond(interaction, NEEDS_MANAGER, ephemeral=True)
-            return False
+        if group is not None and group.name in ("memory", "persona"):
+            return await require_manager(interaction)
         return True
 
     # --- /memory ------------------------------------------------------------------------------

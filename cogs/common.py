@@ -12,6 +12,14 @@ def manages_server(interaction: discord.Interaction) -> bool:
     return interaction.guild is not None and interaction.permissions.manage_guild
 
 
+async def require_manager(interaction: discord.Interaction) -> bool:
+    """Whether the user manages the server; if not, they are told so (only they see it)."""
+    if manages_server(interaction):
+        return True
+    await respond(interaction, NEEDS_MANAGER, ephemeral=True)
+    return False
+
+
 def member_roles(member: discord.abc.User) -> list[tuple[str, str]]:
     return [(str(role.id), role.name) for role in getattr(member, "roles", [])]
 

@@ -12,7 +12,7 @@ from discord.ext import commands
 
 from bot.assistant import Assistant
 from bot.replies import MESSAGE_LIMIT
-from cogs.common import NEEDS_MANAGER, manages_server, member_roles, respond, shorten
+from cogs.common import manages_server, member_roles, require_manager, respond, shorten
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,7 @@ class Knowledge(commands.Cog):
     @kb.command(name="remove", description="Remove a document from this server's knowledge base (Manage Server)")
     @app_commands.describe(name="The file name, as /kb list shows it")
     async def remove(self, interaction: discord.Interaction, name: str) -> None:
-        if not manages_server(interaction):
-            await respond(interaction, NEEDS_MANAGER, ephemeral=True)
+        if not await require_manager(interaction):
             return
         await interaction.response.defer(thinking=True)
         removed = await self.assistant.remove(str(interaction.guild_id), name)

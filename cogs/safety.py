@@ -16,7 +16,7 @@ from bot.assistant import Assistant
 from bot.replies import MESSAGE_LIMIT
 from bot.safety.settings import GuildSettings
 from bot.safety.taxonomy import CATEGORIES
-from cogs.common import NEEDS_MANAGER, manages_server, respond, shorten
+from cogs.common import manages_server, require_manager, respond, shorten
 
 MANAGERS = discord.Permissions(manage_guild=True)
 OnOff = Literal["on", "off"]
@@ -57,10 +57,7 @@ class Safety(commands.Cog):
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Servers can let anyone run /safety; the bot still requires Manage Server."""
-        if not manages_server(interaction):
-            await respond(interaction, NEEDS_MANAGER, ephemeral=True)
-            return False
-        return True
+        return await require_manager(interaction)
 
     async def _apply(self, interaction: discord.Interaction, change, done: str) -> None:
         """Await `change` (a service call); reply `done`, or the one-line reason it was refused."""
