@@ -23,7 +23,8 @@ import numpy as np
 from knowledge import retrieval
 from knowledge.chunking import chunk_pages
 from knowledge.embeddings import Embedder
-from knowledge.pdf import Page, PdfError, check_pdf_bytes, extract_pages, too_large_reason
+from knowledge.pdf import (Page, PdfError, check_pdf_bytes, extract_pages, join_shares, split_extraction,
+                           too_large_reason)
 from knowledge.store import Document, GuildStore, chroma_client
 
 log = logging.getLogger(__name__)
@@ -101,42 +102,54 @@ class KnowledgeBase:
         """Ingest many files, extracting text in worker processes while this one embeds.
 
         Yields one result per file, in order. pypdf is pure Python and the slowest stage on a
-        small CPU, so it runs in parallel with embedding instead of before it; once every file is
-        extracted, embedding takes the workers' cores too.
+        small CPU, so it runs in parallel with embedding instead of before it; a big file is split
+        into shares of pages that several workers extract at once (on machines with the cores for
+        it); once every file is extracted, embedding takes the workers' cores too.
         """
-        workers = max(1, min(len(paths), (os.cpu_count() or 2) - 1))
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = []
-            for path in paths:
-                if not path.is_file():
-                    jobs.append(IngestResult(path.name, "refused", reason="no such file"))
-                    continue
-                if path.stat().st_size > self.max_bytes:  # refused before reading it into memory
-                    jobs.append(IngestResult(path.name, "refused", reason=too_large_reason(path.stat().st_size, self.max_bytes)))
-                    continue
+        todo: list[IngestResult | tuple[str, bytes, str]] = []  # a result already, or (name, data, sha256)
+        for path in paths:
+            if not path.is_file():
+                todo.append(IngestResult(path.name, "refused", reason="no such file"))
+            elif (size := path.stat().st_size) > self.max_bytes:  # refused before reading it into memory
+                todo.append(IngestResult(path.name, "refused", reason=too_large_reason(size, self.max_bytes)))
+            else:
                 data = path.read_bytes()
+                sha = hashlib.sha256(data).hexdigest()
                 old = self.store(guild).document(path.name)
-                if old is not None and old.sha256 == hashlib.sha256(data).hexdigest():
-                    jobs.append(IngestResult(path.name, "unchanged", old.pages, old.chunks))
+                if old is not None and old.sha256 == sha:
+                    todo.append(IngestResult(path.name, "unchanged", old.pages, old.chunks))
                 else:
-                    jobs.append(pool.submit(_extract, path.name, data, self.max_bytes, self.config.max_pages))
-            extractions = [job for job in jobs if not isinstance(job, IngestResult)]
+                    todo.append((path.name, data, sha))
+        files = [item for item in todo if not isinstance(item, IngestResult)]
+        cores = max(1, (os.cpu_count() or 2) - 1)
+        shares = split_extraction([len(data) for _, data, _ in files], cores)
+        with ProcessPoolExecutor(max(1, min(cores, sum(shares))), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [[pool.submit(_extract, data, self.max_bytes, self.config.max_pages, i, n) for i in range(n)]
+                    for (_, data, _), n in zip(files, shares)]
 
             def cores_free() -> bool:
-                return all(e.done() for e in extractions)
+                return all(job.done() for file_jobs in jobs for job in file_jobs)
 
-            for job in jobs:
-                if isinstance(job, IngestResult):
-                    yield job
+            file_jobs = iter(jobs)
+            for item in todo:
+                if isinstance(item, IngestResult):
+                    yield item
                     continue
+                name, data, sha = item
                 started = time.perf_counter()
-                name, sha, size, pages, reason, extract_seconds = job.result()
-                if reason:
-                    yield IngestResult(name, "refused", reason=reason, seconds=extract_seconds)
+                outcomes = [job.result() for job in next(file_jobs)]  # (pages, refusal reason, seconds) per share
+                seconds = [outcome[2] for outcome in outcomes]
+                try:
+                    if reason := next((outcome[1] for outcome in outcomes if outcome[1]), ""):
+                        raise PdfError(reason)
+                    pages = join_shares([outcome[0] for outcome in outcomes])
+                except PdfError as e:
+                    yield IngestResult(name, "refused", reason=str(e), seconds=max(seconds))
                     continue
-                result = self.add_pages(guild, name, sha, size, pages, progress, started, started, cores_free)
-                timings = dict(result.timings, extract=extract_seconds)
-                yield dataclasses.replace(result, seconds=result.seconds + extract_seconds, timings=timings)
+                result = self.add_pages(guild, name, sha, len(data), pages, progress, started, started, cores_free)
+                # extract: seconds of work in the workers; the file waited for its slowest share
+                timings = dict(result.timings, extract=sum(seconds))
+                yield dataclasses.replace(result, seconds=result.seconds + max(seconds), timings=timings)
 
     def add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
                   progress: Progress | None = None, started: float | None = None,
@@ -219,11 +232,10 @@ class KnowledgeBase:
         return cached[1]
 
 
-def _extract(name: str, data: bytes, max_bytes: int, max_pages: int):
-    """Worker-process half of ingest_paths: (name, sha256, size, pages, refusal reason, seconds)."""
+def _extract(data: bytes, max_bytes: int, max_pages: int, share: int, shares: int):
+    """Worker-process half of ingest_paths: (pages, refusal reason, seconds) of one share of a file."""
     started = time.perf_counter()
     try:
-        pages = extract_pages(data, max_bytes, max_pages)
+        return extract_pages(data, max_bytes, max_pages, share, shares), "", time.perf_counter() - started
     except PdfError as e:
-        return name, "", len(data), [], str(e), time.perf_counter() - started
-    return name, hashlib.sha256(data).hexdigest(), len(data), pages, "", time.perf_counter() - started
+        return [], str(e), time.perf_counter() - started

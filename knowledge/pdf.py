@@ -41,8 +41,12 @@ def too_large_reason(size: int, max_bytes: int) -> str:
     return f"the file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit"
 
 
-def extract_pages(data: bytes, max_bytes: int, max_pages: int) -> list[Page]:
-    """Return the non-empty pages of a PDF, or raise PdfError with a reason a user can act on."""
+def extract_pages(data: bytes, max_bytes: int, max_pages: int, share: int = 0, shares: int = 1) -> list[Page]:
+    """Return the non-empty pages of a PDF, or raise PdfError with a reason a user can act on.
+
+    With shares > 1, only pages share+1, share+1+shares, ...: several processes can then extract one
+    big file at once (see split_extraction), and join_shares puts the pages back together.
+    """
     check_pdf_bytes(data, max_bytes)
     with pypdf.apply_configuration(array_maximum_element_count=_ARRAY_LIMIT):
         try:
@@ -54,7 +58,7 @@ def extract_pages(data: bytes, max_bytes: int, max_pages: int) -> list[Page]:
                 raise PdfError("the PDF has no pages")
             if count > max_pages:
                 raise PdfError(f"the PDF has {count} pages, over the {max_pages}-page limit")
-            pages = [Page(i + 1, clean_text(p.extract_text() or "")) for i, p in enumerate(reader.pages)]
+            pages = [Page(i + 1, clean_text(reader.pages[i].extract_text() or "")) for i in range(share, count, shares)]
         except PdfError:
             raise
         except FileNotDecryptedError:
@@ -65,9 +69,28 @@ def extract_pages(data: bytes, max_bytes: int, max_pages: int) -> list[Page]:
             # pypdf raises many types on damaged files; all mean the same to a user.
             raise PdfError(f"the PDF is damaged or truncated ({type(e).__name__})") from None
     pages = [p for p in pages if p.text]
+    return pages if shares > 1 else join_shares([pages])
+
+
+def join_shares(shares: list[list[Page]]) -> list[Page]:
+    """The pages of a file extracted in shares, in order; raises PdfError if the file has no text."""
+    pages = sorted((page for share in shares for page in share), key=lambda page: page.number)
     if sum(len(p.text) for p in pages) < _MIN_TEXT_CHARS:
         raise PdfError("no extractable text (a scanned PDF? run OCR on it first)")
     return pages
+
+
+def split_extraction(sizes: list[int], workers: int) -> list[int]:
+    """Into how many shares to split each file's extraction, so that `workers` processes finish together.
+
+    One big file would otherwise keep a single core busy while the others wait. Work is taken to grow
+    with file size; each file gets shares of about 1/(2 * workers) of the total bytes. Every share
+    parses the file's structure again, so small files stay whole.
+    """
+    if workers <= 1 or not sizes:
+        return [1] * len(sizes)
+    share_bytes = sum(sizes) / (2 * workers)
+    return [max(1, min(workers, round(size / share_bytes))) for size in sizes]
 
 
 def _open_with_empty_password(reader: pypdf.PdfReader) -> bool:

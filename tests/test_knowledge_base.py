@@ -87,6 +87,18 @@ def test_ingest_paths_keeps_going_after_a_bad_file(kb, tmp_path):
     assert seen[-1] == ("b.pdf", 3, 3)
 
 
+def test_a_big_file_extracted_by_several_workers_is_stored_whole(kb, tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)  # as on a bigger machine: 3 workers share the file
+    report = make_pdf([f"Section {n}\nQuarterly revenue of segment {n} grew {n}%." for n in range(1, 10)])
+    (tmp_path / "report.pdf").write_bytes(report)
+    (tmp_path / "small.pdf").write_bytes(RECIPES[:-300])  # truncated: refused, the other file still added
+    results = list(kb.ingest_paths(GUILD, [tmp_path / "report.pdf", tmp_path / "small.pdf"]))
+    assert [(r.file, r.status, r.pages) for r in results] == [("report.pdf", "added", 9), ("small.pdf", "refused", 0)]
+    assert "damaged" in results[1].reason
+    passage = kb.search(GUILD, "revenue of segment 7")[0]
+    assert (passage.file, passage.page) == ("report.pdf", 7) and "grew 7%" in passage.text
+
+
 KILL_DURING_INGEST = """
 import os, signal, sys
 from bot.config import load_config

@@ -1,6 +1,6 @@
 import pytest
 
-from knowledge.pdf import PdfError, extract_pages
+from knowledge.pdf import PdfError, extract_pages, join_shares, split_extraction
 from tests.pdfs import encrypt, make_pdf
 
 MB = 1_000_000
@@ -55,3 +55,21 @@ def test_array_over_pypdf_default_limit_is_read():
     pdf = pdf.replace(b"/Type /Page /Parent", big + b"/Type /Page /Parent", 1)
     # Offsets in the xref table are now stale; pypdf rebuilds them, as it does for many real files.
     assert read(pdf, max_bytes=10 * MB)[0].text == "Readable text despite a huge array"
+
+
+def test_a_file_extracted_in_shares_joins_to_the_whole():
+    data = make_pdf([f"Page {n} of the annual report" if n != 4 else "" for n in range(1, 8)])
+    whole = read(data)
+    shares = [extract_pages(data, MB, 100, share, 3) for share in range(3)]
+    assert [p.number for p in shares[0]] == [1, 7]  # pages 1, 4 (empty), 7
+    assert join_shares(shares) == whole
+    with pytest.raises(PdfError, match="no extractable text"):
+        scanned = make_pdf(["", "", ""], drawing_only=True)
+        join_shares([extract_pages(scanned, MB, 100, share, 2) for share in range(2)])
+
+
+def test_big_files_are_split_between_workers_and_small_ones_stay_whole():
+    assert split_extraction([5_000_000, 100_000, 100_000], workers=1) == [1, 1, 1]
+    shares = split_extraction([5_000_000, 100_000, 100_000], workers=15)
+    assert shares[0] == 15 and shares[1:] == [1, 1]
+    assert split_extraction([1_000_000] * 30, workers=15) == [1] * 30
