@@ -263,6 +263,7 @@ class RemoteModel:
         self.base = config.base_url.rstrip("/")
         self._root = self.base.removesuffix("/v1")
         self._counter = self._find_counter()
+        self.last_timings: dict = {}  # llama-server's timings of the last answer streamed (prompt_n, cache_n, ...)
         log.info("model server %s: token counts %s, context %d tokens", self.base,
                  f"from {self._counter[0]}" if self._counter else "estimated (3 characters per token)", self.n_ctx)
 
@@ -328,7 +329,11 @@ class RemoteModel:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     return
-                choices = json.loads(data).get("choices") or [{}]
+                chunk = json.loads(data)
+                if "timings" in chunk:  # llama-server: tokens prefilled, reused from the cache, decode speed
+                    self.last_timings = chunk["timings"]
+                    log.debug("model server timings: %s", self.last_timings)
+                choices = chunk.get("choices") or [{}]
                 piece = (choices[0].get("delta") or {}).get("content")
                 if piece:
                     yield piece
