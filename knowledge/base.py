@@ -209,7 +209,7 @@ class KnowledgeBase:
         # Word search (SQLite) runs beside embedding + vector search (torch, Chroma): all three
         # release the GIL, so a question costs the slower of the two paths, not their sum.
         lexical = self._word_search.submit(store.lexical_search, retrieval.query_terms(question), _CANDIDATES)
-        vector_hits = store.vector_search(self.embedder.encode([question])[0], _CANDIDATES)
+        vector_hits = store.vector_search(self.embedder.encode_question(question), _CANDIDATES)
         lexical_hits = lexical.result()
         stored = store.chunks(retrieval.unique(cid for cid, _ in [*vector_hits, *lexical_hits]))
         doc_of = {cid: c.doc_id for cid, c in stored.items()}

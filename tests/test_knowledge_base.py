@@ -152,3 +152,21 @@ def test_embedding_on_all_cores_gives_the_same_vectors_in_order(embedder):
     # Batches made of other texts pad differently, so bfloat16 vectors may differ in the 4th digit.
     cosines = (embedder.encode(texts, all_cores=True) * embedder.encode(texts)).sum(axis=1)
     assert cosines.min() > 0.9999
+
+
+def test_questions_asked_at_once_are_embedded_together_each_getting_its_own_vector(embedder):
+    import threading
+
+    questions = [f"What was the revenue of segment {i} in quarter {i % 4 + 1}?" for i in range(12)]
+    alone = embedder.encode(questions)
+    together: list = [None] * len(questions)
+    start = threading.Barrier(len(questions))
+
+    def ask(i):
+        start.wait()
+        together[i] = embedder.encode_question(questions[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert min(float(alone[i] @ together[i]) for i in range(len(questions))) > 0.9999
