@@ -72,6 +72,7 @@ WORDS = ("the report revenue quarter growth customer market product service cost
          "decrease percent million billion total adjusted basis note statement section table page").split()
 ROWS: list[tuple[str, str, str, str]] = []  # sections that failed: (what, reason, "", "")
 FIGURES: dict[str, float] = {}
+SPENT: dict[str, list[float]] = {}
 
 
 def row(what: str, raw: str = "", engine: str = "", target: str = "") -> None:
@@ -127,7 +128,7 @@ class GpuKnowledge:
             words = set(question.lower().split())
             scores = numpy.array([len(words & set(p.text.lower().split())) for p in passages], dtype=float)
         else:
-            scores = vectors @ self.embedder.encode([question])[0]
+            scores = vectors @ self.embedder.encode_question(question)
         order = scores.argsort()[::-1][:k or self.top_k]
         return [dataclasses.replace(passages[i], score=float(scores[i])) for i in order]
 
@@ -297,6 +298,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
                 return fn(*args, **kwargs)
             finally:
                 spent[step] = time.perf_counter() - started
+                SPENT.setdefault(step, []).append(spent[step])
         return run
 
     knowledge.search = timed("retrieval", knowledge.search)
@@ -336,8 +338,12 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         guilds = [f"g-many-{i}" for i in range(n)]
         await asyncio.gather(*(ask(pipeline, g, f"warm-{g}", "Warm up?") for g in guilds))
         started = time.perf_counter()
+        SPENT.clear()
         results = await asyncio.gather(*(ask(pipeline, g, f"many-{g}", "What does the report say about costs?")
                                          for g in guilds))
+        for step, values in SPENT.items():
+            print(f"  16 channels, {step}: median {1000 * statistics.median(values):.0f} ms, max {1000 * max(values):.0f} ms", flush=True)
+        print("  16 channels, first tokens:", " ".join(f"{r[0]:.2f}" for r in sorted(results)), flush=True)
         wall = time.perf_counter() - started
         tokens = n * short.chat.max_answer_tokens
         return tokens / wall, p95([r[0] for r in results]), min(r[1] for r in results), max(r[0] for r in results)
