@@ -14,9 +14,9 @@ or directly, once those exist:
 Rows (flash attention on everywhere, end-of-turn tokens banned so every answer has its full length):
 - llama-bench pp512/pp2048/tg128, and llama-server -np 16 with 1 and 16 client(s) at once: the raw
   llama.cpp reference, run twice: "stock" (llama.cpp's default flags, GGML_CUDA_MMQ_MAX_BATCH unset)
-  and with the engine's flags (-ub 2048, --cache-ram 0, GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch: the
-  patch in patches/ sends prompt batches above that size to cuBLAS), so the table shows what each
-  change brings.
+  and with the engine's flags (bot.llm.server_speed_flags: -ub 2048, --cache-ram 0; and
+  GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch: the patch in patches/ sends prompt batches above that size
+  to cuBLAS), so the table shows what each change brings.
 - "engine": this project's bot.pipeline.Pipeline.answer (scheduler, memory in SQLite, prompt builder,
   chat template, streaming to the event loop) on the two GPU backends: model.backend = "local"
   (llama-cpp-python in the bot's process, native sampler loop) and model.backend = "server" (the bot
@@ -57,7 +57,7 @@ import numpy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import load_config  # noqa: E402
-from bot.llm import LocalModel, ServerModel, _free_port  # noqa: E402
+from bot.llm import LocalModel, ServerModel, _free_port, server_speed_flags  # noqa: E402
 from bot.memory import Memory  # noqa: E402
 import bot.pipeline  # noqa: E402
 from bot.pipeline import Author, Done, Piece, Pipeline  # noqa: E402
@@ -221,7 +221,7 @@ def stock_env() -> dict[str, str]:
 @section("llama-server -np 16")
 def raw_server(args) -> None:
     """llama-server with its default flags (the reference), then with the engine's (see ServerModel.command)."""
-    tuned = ["-b", "2048", "-ub", "2048", "--cache-ram", "0"]
+    tuned = server_speed_flags(load_config(None, env={}).model.n_batch)
     for variant, extra, env in (("stock", [], stock_env()),
                                 ("tuned", tuned, dict(stock_env(), GGML_CUDA_MMQ_MAX_BATCH=str(args.mmq_max_batch)))):
         process, port = start_raw_server(args, 16, 2048 if variant == "stock" else 8192, extra, env)

@@ -379,12 +379,9 @@ class ServerModel(RemoteModel):
         return [c.server_binary, "-m", str(self.path), "--host", "127.0.0.1", "--port", str(self.port),
                 # -c is split between the slots: each gets n_ctx tokens and its own KV range (with a unified
                 # cache, --kv-unified, 16 channels got 199 tokens/s on an H100, against 469 for llama-server
-                # without it in the same run). Each slot keeps its last
-                # prompt in the KV cache; the host-memory prompt cache on top (--cache-ram) doubled the
-                # first-token time of a new ~1,800-token prompt (0.37 s against 0.19 s), so it is off.
-                "-c", str(c.n_ctx * c.parallel), "-np", str(c.parallel), "--cont-batching", "--cache-ram", "0",
-                "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers),
-                "-b", str(max(c.n_batch, 2048)), "-ub", str(max(c.n_batch, 2048)),
+                # without it in the same run). Each slot keeps its last prompt in the KV cache.
+                "-c", str(c.n_ctx * c.parallel), "-np", str(c.parallel), "--cont-batching",
+                *server_speed_flags(c.n_batch), "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers),
                 "-fa", "on" if c.flash_attn else "off", "-ctk", c.kv_cache_type, "-ctv", c.kv_cache_type,
                 "-t", str(c.n_threads or os.cpu_count()), "--jinja", "--no-webui"]
 
@@ -436,6 +433,17 @@ class ServerModel(RemoteModel):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def server_speed_flags(n_batch: int) -> list[str]:
+    """The llama-server flags chosen for speed (the GPU benchmark runs raw llama-server with them too).
+
+    The host-memory prompt cache (--cache-ram) doubled the first-token time of a new ~1,800-token
+    prompt on an H100 (0.37 s against 0.19 s), so it is off; prompt batches of 2048 tokens prefill
+    faster there than llama-server's default 512.
+    """
+    batch = str(max(n_batch, 2048))
+    return ["--cache-ram", "0", "-b", batch, "-ub", batch]
 
 
 def _drain(stream, tail: list[bytes]) -> None:
