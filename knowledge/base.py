@@ -23,8 +23,8 @@ import numpy as np
 from knowledge import retrieval
 from knowledge.chunking import chunk_pages
 from knowledge.embeddings import Embedder
-from knowledge.pdf import (Page, PdfError, check_pdf_bytes, extract_pages, join_shares, split_extraction,
-                           too_large_reason)
+from knowledge.pdf import (Page, PdfError, check_pdf_bytes, extract_pages, extract_share, join_shares,
+                           split_extraction, too_large_reason)
 from knowledge.store import Document, GuildStore, chroma_client
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class KnowledgeBase:
         cores = max(1, (os.cpu_count() or 2) - 1)
         shares = split_extraction([len(data) for _, data, _ in files], cores)
         with ProcessPoolExecutor(max(1, min(cores, sum(shares))), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [[pool.submit(_extract, data, self.max_bytes, self.config.max_pages, i, n) for i in range(n)]
+            jobs = [[pool.submit(extract_share, data, self.max_bytes, self.config.max_pages, i, n) for i in range(n)]
                     for (_, data, _), n in zip(files, shares)]
 
             def cores_free() -> bool:
@@ -230,12 +230,3 @@ class KnowledgeBase:
             ))
             self._routers[store.guild] = cached
         return cached[1]
-
-
-def _extract(data: bytes, max_bytes: int, max_pages: int, share: int, shares: int):
-    """Worker-process half of ingest_paths: (pages, refusal reason, seconds) of one share of a file."""
-    started = time.perf_counter()
-    try:
-        return extract_pages(data, max_bytes, max_pages, share, shares), "", time.perf_counter() - started
-    except PdfError as e:
-        return [], str(e), time.perf_counter() - started
