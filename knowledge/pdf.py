@@ -15,6 +15,7 @@ from pypdf.errors import FileNotDecryptedError, LimitReachedError, PdfReadError,
 # size limit (checked before parsing) bounds memory.
 _ARRAY_LIMIT = 1_000_000
 _MIN_TEXT_CHARS = 20  # a document with less text than this in total is treated as scanned
+_MIN_SHARE_BYTES = 64 * 1024  # a file is split into shares of at least this size (split_extraction)
 
 
 class PdfError(ValueError):
@@ -95,12 +96,12 @@ def split_extraction(sizes: list[int], workers: int) -> list[int]:
     """Into how many shares to split each file's extraction, so that `workers` processes finish together.
 
     One big file would otherwise keep a single core busy while the others wait. Work is taken to grow
-    with file size; each file gets shares of about 1/(2 * workers) of the total bytes. Every share
-    parses the file's structure again, so small files stay whole.
+    with file size; each file gets shares of about 1/(2 * workers) of the total bytes, and of at least
+    _MIN_SHARE_BYTES: every share parses the file's structure again, so small files stay whole.
     """
     if workers <= 1 or not sizes:
         return [1] * len(sizes)
-    share_bytes = sum(sizes) / (2 * workers)
+    share_bytes = max(sum(sizes) / (2 * workers), _MIN_SHARE_BYTES)
     return [max(1, min(workers, round(size / share_bytes))) for size in sizes]
 
 

@@ -88,10 +88,14 @@ def test_ingest_paths_keeps_going_after_a_bad_file(kb, tmp_path):
 
 
 def test_a_big_file_extracted_by_several_workers_is_stored_whole(kb, tmp_path, monkeypatch):
+    from knowledge.pdf import split_extraction
+
     monkeypatch.setattr("os.cpu_count", lambda: 4)  # as on a bigger machine: 3 workers share the file
+    monkeypatch.setattr("knowledge.pdf._MIN_SHARE_BYTES", 1)  # so that a test-sized file is "big"
     report = make_pdf([f"Section {n}\nQuarterly revenue of segment {n} grew {n}%." for n in range(1, 10)])
     (tmp_path / "report.pdf").write_bytes(report)
     (tmp_path / "small.pdf").write_bytes(RECIPES[:-300])  # truncated: refused, the other file still added
+    assert split_extraction([len(report), len(RECIPES) - 300], 3)[0] == 3
     results = list(kb.ingest_paths(GUILD, [tmp_path / "report.pdf", tmp_path / "small.pdf"]))
     assert [(r.file, r.status, r.pages) for r in results] == [("report.pdf", "added", 9), ("small.pdf", "refused", 0)]
     assert "damaged" in results[1].reason

@@ -73,3 +73,4 @@ def test_big_files_are_split_between_workers_and_small_ones_stay_whole():
     shares = split_extraction([5_000_000, 100_000, 100_000], workers=15)
     assert shares[0] == 15 and shares[1:] == [1, 1]
     assert split_extraction([1_000_000] * 30, workers=15) == [1] * 30
+    assert split_extraction([20_000], workers=15) == [1]  # a lone small file is not worth more processes
