@@ -72,7 +72,7 @@ WORDS = ("the report revenue quarter growth customer market product service cost
          "decrease percent million billion total adjusted basis note statement section table page").split()
 ROWS: list[tuple[str, str, str, str]] = []  # sections that failed: (what, reason, "", "")
 FIGURES: dict[str, float] = {}
-SPENT: dict[str, list[float]] = {}
+SPENT: dict[str, list[float]] = {}  # seconds per answer in the steps before the model starts (engine_runs)
 
 
 def row(what: str, raw: str = "", engine: str = "", target: str = "") -> None:
@@ -289,7 +289,6 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
     3,000 tokens of history; and, for the server backend, 16 channels at once (128-token answers)."""
     memory = Memory(data_dir / f"{name}.sqlite3")
     pipeline = Pipeline(config, NoEos(llm), knowledge, memory)
-    spent = {}  # seconds of the last answer in two steps before the model starts: what the first token waits for
 
     def timed(step, fn):
         def run(*args, **kwargs):
@@ -297,8 +296,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[step] = time.perf_counter() - started
-                SPENT.setdefault(step, []).append(spent[step])
+                SPENT.setdefault(step, []).append(time.perf_counter() - started)
         return run
 
     knowledge.search = timed("retrieval", knowledge.search)
@@ -328,7 +326,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
             first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
             results.append(first)
             prefilled.append(getattr(llm, "last_timings", {}).get("prompt_n", float("nan")))
-            steps.append(dict(spent))
+            steps.append({step: values[-1] for step, values in SPENT.items()})
         for step in ("retrieval", "prompt"):
             FIGURES[f"{name} second turn {step} ms"] = 1000 * statistics.median(s[step] for s in steps)
         return statistics.median(results), statistics.median(prefilled)
