@@ -21,10 +21,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from knowledge import retrieval
-from knowledge.chunking import chunk_pages
+from knowledge import ingest_worker
+from knowledge.chunking import chunk_pages, number_chunks
 from knowledge.embeddings import Embedder
-from knowledge.pdf import (Page, PdfError, check_pdf_bytes, extract_pages, extract_share, join_shares,
-                           split_extraction, too_large_reason)
+from knowledge.pdf import Page, PdfError, check_pdf_bytes, extract_pages, join_shares, split_extraction, too_large_reason
 from knowledge.store import Document, GuildStore, chroma_client
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,19 @@ class Passage:
     score: float
     text: str
     chunk_id: str
+
+
+def _worker_processes() -> multiprocessing.context.BaseContext:
+    """How ingestion starts its workers. Never by forking this process, which holds torch's and Chroma's
+    threads. Where it exists (Linux, macOS), forkserver: workers are forked from a small server that
+    imported pypdf once, where spawn starts a new interpreter for each, one after the other. 13 filings
+    on the H100 machine (15 workers): 11-12 s with spawn, 5.4-6.5 s with forkserver.
+    Either way each worker imports the main module again (multiprocessing does): keep it light."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["knowledge.ingest_worker"])
+    return context
 
 
 class KnowledgeBase:
@@ -99,7 +112,7 @@ class KnowledgeBase:
         return self.add_pages(guild, name, sha, len(data), pages, progress, started, extracted)
 
     def ingest_paths(self, guild: str, paths: list[Path], progress: Progress | None = None) -> Iterator[IngestResult]:
-        """Ingest many files, extracting text in worker processes while this one embeds.
+        """Ingest many files, extracting and chunking text in worker processes while this one embeds.
 
         Yields one result per file, in order. pypdf is pure Python and the slowest stage on a
         small CPU, so it runs in parallel with embedding instead of before it; a big file is split
@@ -123,8 +136,10 @@ class KnowledgeBase:
         files = [item for item in todo if not isinstance(item, IngestResult)]
         cores = max(1, (os.cpu_count() or 2) - 1)
         shares = split_extraction([len(data) for _, data, _ in files], cores)
-        with ProcessPoolExecutor(max(1, min(cores, sum(shares))), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [[pool.submit(extract_share, data, self.max_bytes, self.config.max_pages, i, n) for i in range(n)]
+        with ProcessPoolExecutor(max(1, min(cores, sum(shares))), mp_context=_worker_processes(),
+                                 initializer=ingest_worker.start, initargs=(self.embedder.tokenizer_json(),)) as pool:
+            jobs = [[pool.submit(ingest_worker.extract_and_chunk, data, self.max_bytes, self.config.max_pages, i, n,
+                                 self.config.chunk_tokens, self.config.chunk_overlap_tokens) for i in range(n)]
                     for (_, data, _), n in zip(files, shares)]
 
             def cores_free() -> bool:
@@ -137,32 +152,38 @@ class KnowledgeBase:
                     continue
                 name, data, sha = item
                 started = time.perf_counter()
-                outcomes = [job.result() for job in next(file_jobs)]  # (pages, refusal reason, seconds) per share
-                seconds = [outcome[2] for outcome in outcomes]
+                done: list[ingest_worker.Share] = [job.result() for job in next(file_jobs)]
+                seconds = [share.seconds for share in done]
                 try:
-                    if reason := next((outcome[1] for outcome in outcomes if outcome[1]), ""):
+                    if reason := next((share.reason for share in done if share.reason), ""):
                         raise PdfError(reason)
-                    pages = join_shares([outcome[0] for outcome in outcomes])
+                    pages = join_shares([share.pages for share in done])
                 except PdfError as e:
                     yield IngestResult(name, "refused", reason=str(e), seconds=max(seconds))
                     continue
-                result = self.add_pages(guild, name, sha, len(data), pages, progress, started, started, cores_free)
-                # extract: seconds of work in the workers; the file waited for its slowest share
+                # Pages are dealt to the shares in turn; a stable sort by page puts the chunks back in order.
+                pieces = sorted((piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
+                result = self.add_pages(guild, name, sha, len(data), pages, progress, started, started, cores_free, pieces)
+                # extract: seconds of work in the workers, chunking included; the file waited for its slowest share
                 timings = dict(result.timings, extract=sum(seconds))
                 yield dataclasses.replace(result, seconds=result.seconds + max(seconds), timings=timings)
 
     def add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
                   progress: Progress | None = None, started: float | None = None,
-                  extracted: float | None = None, cores_free: Callable[[], bool] = lambda: False) -> IngestResult:
-        """Chunk, embed and store pages already extracted (the CLI extracts in other processes).
-        cores_free() says whether embedding may use every core (nothing else of ours is busy)."""
+                  extracted: float | None = None, cores_free: Callable[[], bool] = lambda: False,
+                  pieces: list[tuple[int, str]] | None = None) -> IngestResult:
+        """Chunk (unless workers did: pieces, as (page number, text)), embed and store pages already
+        extracted. cores_free() says whether embedding may use every core (nothing else of ours is busy)."""
         started = started or time.perf_counter()
         extracted = extracted or started
         store = self.store(guild)
         replaced = store.document(name) is not None
         doc_id = hashlib.sha256(f"{name}\0{sha}".encode()).hexdigest()[:20]
-        chunks = chunk_pages(pages, doc_id=doc_id, file=name, count_tokens=self.embedder.count_tokens,
-                             max_tokens=self.config.chunk_tokens, overlap_tokens=self.config.chunk_overlap_tokens)
+        if pieces is None:
+            chunks = chunk_pages(pages, doc_id=doc_id, file=name, count_tokens=self.embedder.count_tokens,
+                                 max_tokens=self.config.chunk_tokens, overlap_tokens=self.config.chunk_overlap_tokens)
+        else:
+            chunks = number_chunks(pieces, doc_id=doc_id, file=name)
         label = retrieval.doc_label(name)
         # The file name travels with every passage: "2023 Q3 AAPL" says which report a table is from.
         search_texts = [f"{label}\n{c.text}" for c in chunks]

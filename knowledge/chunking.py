@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from knowledge.pdf import Page
 
@@ -37,12 +37,21 @@ def chunk_pages(
     max_tokens: int,
     overlap_tokens: int,
 ) -> list[Chunk]:
-    chunks: list[Chunk] = []
-    for page in pages:
-        for text in _pack(_units(page.text, count_tokens, max_tokens), max_tokens, overlap_tokens):
-            index = len(chunks)
-            chunks.append(Chunk(f"{doc_id}:{index}", doc_id, file, page.number, index, text))
-    return chunks
+    pieces = ((page.number, text) for page in pages
+              for text in split_page(page.text, count_tokens=count_tokens, max_tokens=max_tokens,
+                                     overlap_tokens=overlap_tokens))
+    return number_chunks(pieces, doc_id=doc_id, file=file)
+
+
+def split_page(text: str, *, count_tokens: CountTokens, max_tokens: int, overlap_tokens: int) -> list[str]:
+    """One page's text -> the texts of its chunks (ingestion workers run this for their pages)."""
+    return _pack(_units(text, count_tokens, max_tokens), max_tokens, overlap_tokens)
+
+
+def number_chunks(pieces: Iterable[tuple[int, str]], *, doc_id: str, file: str) -> list[Chunk]:
+    """(page number, chunk text) pairs in reading order -> chunks with their ids and positions."""
+    return [Chunk(f"{doc_id}:{index}", doc_id, file, page, index, text)
+            for index, (page, text) in enumerate(pieces)]
 
 
 def _units(text: str, count_tokens: CountTokens, max_tokens: int) -> list[tuple[str, int]]:

@@ -110,6 +110,10 @@ class Embedder:
         encoded = self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
+    def tokenizer_json(self) -> str:
+        """The model's tokenizer, serialised for processes that count tokens without loading the model."""
+        return self.model.tokenizer.backend_tokenizer.to_str()
+
     def encode(self, texts: Sequence[str], all_cores: bool = False) -> np.ndarray:
         """Unit-length float32 vectors, one row per text.
 

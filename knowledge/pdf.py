@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from dataclasses import dataclass
 
 import pypdf
@@ -72,16 +71,6 @@ def extract_pages(data: bytes, max_bytes: int, max_pages: int, share: int = 0, s
             raise PdfError(f"the PDF is damaged or truncated ({type(e).__name__})") from None
     pages = [p for p in pages if p.text]
     return pages if shares > 1 else join_shares([pages])
-
-
-def extract_share(data: bytes, max_bytes: int, max_pages: int, share: int, shares: int) -> tuple[list[Page], str, float]:
-    """extract_pages for a worker process: (pages, refusal reason or "", seconds). It lives here so that
-    workers import pypdf only (knowledge.base would bring Chroma: ~1 s of CPU per worker)."""
-    started = time.perf_counter()
-    try:
-        return extract_pages(data, max_bytes, max_pages, share, shares), "", time.perf_counter() - started
-    except PdfError as e:
-        return [], str(e), time.perf_counter() - started
 
 
 def join_shares(shares: list[list[Page]]) -> list[Page]:

@@ -103,6 +103,30 @@ def test_a_big_file_extracted_by_several_workers_is_stored_whole(kb, tmp_path, m
     assert (passage.file, passage.page) == ("report.pdf", 7) and "grew 7%" in passage.text
 
 
+def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 4)  # 3 workers share the file, each chunking its pages
+    monkeypatch.setattr("knowledge.pdf._MIN_SHARE_BYTES", 1)
+    rows = [f"Segment {n} | revenue {n * 1.5:,.1f} | margin {n % 7}% | outlook: steady growth, café ±{n}" for n in range(40)]
+    report = make_pdf(["\n".join(rows[i:i + 20]) for i in range(0, 40, 10)] * 2)  # pages of several chunks each
+    (tmp_path / "report.pdf").write_bytes(report)
+    [by_workers] = kb.ingest_paths(GUILD, [tmp_path / "report.pdf"])
+    in_process = kb.ingest(OTHER, "report.pdf", report)
+    assert by_workers.chunks == in_process.chunks > by_workers.pages == 8
+    doc_id = kb.documents(GUILD)[0].doc_id
+    ids = [f"{doc_id}:{i}" for i in range(by_workers.chunks)]
+    stored = [kb.store(guild).chunks(ids) for guild in (GUILD, OTHER)]
+    assert [(stored[0][i].page, stored[0][i].text) for i in ids] == [(stored[1][i].page, stored[1][i].text) for i in ids]
+    assert [stored[0][i].page for i in ids] == sorted(stored[0][i].page for i in ids)
+
+
+def test_worker_counts_tokens_as_the_embedding_model(embedder):
+    from knowledge import ingest_worker
+
+    ingest_worker.start(embedder.tokenizer_json())
+    texts = ["Net revenue | $ 52,857 | 49,360", "Übersicht: Umsatzerlöse ±3.2 %", "x" * 900, ""]
+    assert ingest_worker.count_tokens(texts) == embedder.count_tokens(texts)
+
+
 KILL_DURING_INGEST = """
 import os, signal, sys
 from bot.config import load_config
