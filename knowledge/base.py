@@ -163,8 +163,9 @@ class KnowledgeBase:
                     continue
                 # Pages are dealt to the shares in turn; a stable sort by page puts the chunks back in order.
                 pieces = sorted((piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
-                result = self.add_pages(guild, name, sha, len(data), pages, progress, started, started, cores_free, pieces)
-                # extract: seconds of work in the workers, chunking included; the file waited for its slowest share
+                result = self.add_pages(guild, name, sha, len(data), pages, progress, started, time.perf_counter(),
+                                        cores_free, pieces)
+                # extract: seconds of work in the workers, chunking included (result.timings' extract was the wait)
                 timings = dict(result.timings, extract=sum(seconds))
                 yield dataclasses.replace(result, seconds=result.seconds + max(seconds), timings=timings)
 
