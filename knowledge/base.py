@@ -162,7 +162,8 @@ class KnowledgeBase:
                     yield IngestResult(name, "refused", reason=str(e), seconds=max(seconds))
                     continue
                 # Pages are dealt to the shares in turn; a stable sort by page puts the chunks back in order.
-                pieces = sorted((piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
+                pieces = None if done[0].pieces is None else sorted(
+                    (piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
                 result = self.add_pages(guild, name, sha, len(data), pages, progress, started, time.perf_counter(),
                                         cores_free, pieces)
                 # extract: seconds of work in the workers, chunking included (result.timings' extract was the wait)

@@ -110,9 +110,11 @@ class Embedder:
         encoded = self.model.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
-    def tokenizer_json(self) -> str:
-        """The model's tokenizer, serialised for processes that count tokens without loading the model."""
-        return self.model.tokenizer.backend_tokenizer.to_str()
+    def tokenizer_json(self) -> str | None:
+        """The model's tokenizer, serialised for processes that count tokens without loading the model;
+        None for a model with only a slow (pure Python) tokenizer."""
+        backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
+        return backend.to_str() if backend is not None else None
 
     def encode(self, texts: Sequence[str], all_cores: bool = False) -> np.ndarray:
         """Unit-length float32 vectors, one row per text.

@@ -18,9 +18,12 @@ from knowledge.pdf import Page, PdfError, extract_pages
 _tokenizer = None  # the embedding model's tokenizer, set by start()
 
 
-def start(tokenizer_json: str) -> None:
-    """Process initializer: chunks are measured with the embedding model's own tokenizer."""
+def start(tokenizer_json: str | None) -> None:
+    """Process initializer: chunks are measured with the embedding model's own tokenizer. Without one
+    (a model with a slow tokenizer only), workers extract and the main process chunks."""
     global _tokenizer
+    if tokenizer_json is None:
+        return
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker per core already
     from tokenizers import Tokenizer
 
@@ -37,7 +40,7 @@ def count_tokens(texts: Sequence[str]) -> list[int]:
 @dataclass(frozen=True)
 class Share:
     pages: list[Page]
-    pieces: list[tuple[int, str]]  # (page number, chunk text) in reading order
+    pieces: list[tuple[int, str]] | None  # (page number, chunk text) in reading order; None: not chunked
     reason: str  # why the file is refused, or ""
     seconds: float
 
@@ -49,7 +52,7 @@ def extract_and_chunk(data: bytes, max_bytes: int, max_pages: int, share: int, s
         pages = extract_pages(data, max_bytes, max_pages, share, shares)
     except PdfError as e:
         return Share([], [], str(e), time.perf_counter() - started)
-    pieces = [(page.number, text) for page in pages
-              for text in split_page(page.text, count_tokens=count_tokens, max_tokens=max_tokens,
-                                     overlap_tokens=overlap_tokens)]
+    pieces = None if _tokenizer is None else [
+        (page.number, text) for page in pages
+        for text in split_page(page.text, count_tokens=count_tokens, max_tokens=max_tokens, overlap_tokens=overlap_tokens)]
     return Share(pages, pieces, "", time.perf_counter() - started)

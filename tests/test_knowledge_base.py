@@ -103,8 +103,11 @@ def test_a_big_file_extracted_by_several_workers_is_stored_whole(kb, tmp_path, m
     assert (passage.file, passage.page) == ("report.pdf", 7) and "grew 7%" in passage.text
 
 
-def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast_tokenizer", [True, False])
+def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypatch, fast_tokenizer):
     monkeypatch.setattr("os.cpu_count", lambda: 4)  # 3 workers share the file, each chunking its pages
+    if not fast_tokenizer:  # as with a model whose tokenizer cannot be sent to workers: the main process chunks
+        monkeypatch.setattr(kb.embedder, "tokenizer_json", lambda: None)
     monkeypatch.setattr("knowledge.pdf._MIN_SHARE_BYTES", 1)
     rows = [f"Segment {n} | revenue {n * 1.5:,.1f} | margin {n % 7}% | outlook: steady growth, café ±{n}" for n in range(40)]
     report = make_pdf(["\n".join(rows[i:i + 20]) for i in range(0, 40, 10)] * 2)  # pages of several chunks each
