@@ -22,8 +22,10 @@ def build_pipeline(config: Config) -> Pipeline:
     from bot.safety import SafetyFilter
     from knowledge.base import KnowledgeBase
 
-    return Pipeline(config, load_model(config.model), KnowledgeBase(config), Memory(config.memory_path),
-                    SafetyFilter.open(config))
+    llm = load_model(config.model)
+    knowledge = KnowledgeBase(config)
+    knowledge.embedder.warm_up()
+    return Pipeline(config, llm, knowledge, Memory(config.memory_path), SafetyFilter.open(config))
 
 
 async def chat(pipeline: Pipeline, guild: str, channel: str, out=sys.stdout) -> None:
