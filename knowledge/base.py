@@ -20,8 +20,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from knowledge import retrieval
-from knowledge import ingest_worker
+from knowledge import ingest_worker, retrieval
 from knowledge.chunking import chunk_pages, number_chunks
 from knowledge.embeddings import Embedder
 from knowledge.pdf import Page, PdfError, check_pdf_bytes, extract_pages, join_shares, split_extraction, too_large_reason

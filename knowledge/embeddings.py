@@ -117,7 +117,11 @@ class Embedder:
 
     def tokenizer_json(self) -> str | None:
         """The model's tokenizer, serialised for processes that count tokens without loading the model;
-        None for a model with only a slow (pure Python) tokenizer."""
+        None for a model with only a slow (pure Python) tokenizer. Read from the model's directory when
+        it is local, so ingestion workers can start while the model itself is still loading."""
+        local = Path(resolve_model(self.model_name)) / "tokenizer.json"
+        if local.is_file():
+            return local.read_text(encoding="utf-8")
         backend = getattr(self.model.tokenizer, "backend_tokenizer", None)
         return backend.to_str() if backend is not None else None
 

@@ -122,10 +122,15 @@ def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypat
     assert [stored[0][i].page for i in ids] == sorted(stored[0][i].page for i in ids)
 
 
-def test_worker_counts_tokens_as_the_embedding_model(embedder):
+def test_worker_counts_tokens_as_the_embedding_model(embedder, monkeypatch):
     from knowledge import ingest_worker
+    from knowledge.embeddings import Embedder
 
-    ingest_worker.start(embedder.tokenizer_json())
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # start() changes both: restored after the test
+    monkeypatch.setattr(ingest_worker, "_tokenizer", None)
+    unloaded = Embedder(embedder.model_name)
+    ingest_worker.start(unloaded.tokenizer_json())  # from the model's files, before the model loads
+    assert unloaded._model is None
     texts = ["Net revenue | $ 52,857 | 49,360", "Übersicht: Umsatzerlöse ±3.2 %", "x" * 900, ""]
     assert ingest_worker.count_tokens(texts) == embedder.count_tokens(texts)
 
