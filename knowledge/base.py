@@ -150,7 +150,6 @@ class KnowledgeBase:
                     yield item
                     continue
                 name, data, sha = item
-                started = time.perf_counter()
                 done: list[ingest_worker.Share] = [job.result() for job in next(file_jobs)]
                 seconds = [share.seconds for share in done]
                 try:
@@ -163,9 +162,9 @@ class KnowledgeBase:
                 # Pages are dealt to the shares in turn; a stable sort by page puts the chunks back in order.
                 pieces = None if done[0].pieces is None else sorted(
                     (piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
-                result = self.add_pages(guild, name, sha, len(data), pages, progress, started, time.perf_counter(),
-                                        cores_free, pieces)
-                # extract: seconds of work in the workers, chunking included (result.timings' extract was the wait)
+                result = self.add_pages(guild, name, sha, len(data), pages, progress, cores_free=cores_free, pieces=pieces)
+                # The file's own time: its slowest share, then embedding and storing (not the wait before:
+                # that is other files' work or the same share's). extract: work in the workers, chunking included.
                 timings = dict(result.timings, extract=sum(seconds))
                 yield dataclasses.replace(result, seconds=result.seconds + max(seconds), timings=timings)
 
