@@ -103,6 +103,7 @@ class LocalModel:
         self._eos = self._special_text(self.llama.token_eos())
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
         self._vocab = self.llama._model.vocab
+        self.last_timings: dict = {}  # tokens of the last prompt reused from the KV cache (cache_n) and prefilled
         self._is_eog = llama_cpp.llama_vocab_is_eog
         one = len(self.tokenize_prompt([{"role": "system", "content": "x"}]))
         two = len(self.tokenize_prompt([{"role": "system", "content": "x"}, {"role": "user", "content": "x"}]))
@@ -220,6 +221,7 @@ class LocalModel:
                 break
             same += 1
         llama.n_tokens = min(same, len(tokens) - 1)  # at least one token to decode, for fresh logits
+        self.last_timings = {"cache_n": llama.n_tokens, "prompt_n": len(tokens) - llama.n_tokens}  # as llama-server's
         llama.eval(tokens[llama.n_tokens:])  # drops the cache beyond the shared prefix, fills in the rest
         ctx, vocab, chain = llama.ctx, self._vocab, self._sampler_chain(logit_bias)
         one = (lc.llama_token * 1)()

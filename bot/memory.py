@@ -1,8 +1,9 @@
 """Per-channel memory in SQLite (WAL): the exchanges of each channel and its persona.
 
 A channel id is the key; a thread is its own channel. One row per exchange: the question (author id and
-display name, time) is committed when work on it starts; the answer and its sources are written in one
-UPDATE that also marks the row complete. A crash mid-answer (even kill -9) therefore keeps the question,
+display name, time) is committed when work on it starts; the answer, the sources it cites and the
+excerpts the model was shown (bot.prompt puts them back in later prompts) are written in one UPDATE
+that also marks the row complete. A crash mid-answer (even kill -9) therefore keeps the question,
 never stores half an answer, and the row is marked "interrupted" the next time memory is opened. Only
 complete exchanges go back into prompts.
 
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-from bot.prompt import Source, Turn
+from bot.prompt import Excerpt, Source, Turn
 
 Status = Literal["pending", "complete", "refused", "error", "interrupted"]
 
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS exchanges (
     answer TEXT,
     sources TEXT NOT NULL DEFAULT '[]',
     answered_at REAL,
-    status TEXT NOT NULL DEFAULT 'pending'
+    status TEXT NOT NULL DEFAULT 'pending',
+    excerpts TEXT  -- JSON; NULL in exchanges stored before excerpts were kept
 );
 CREATE INDEX IF NOT EXISTS exchanges_by_channel ON exchanges (channel, id);
 CREATE TABLE IF NOT EXISTS personas (
@@ -58,6 +60,7 @@ class Exchange:
     sources: list[Source]
     answered_at: float | None
     status: Status
+    excerpts: tuple[Excerpt, ...] | None
 
 
 class Memory:
@@ -70,6 +73,8 @@ class Memory:
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a process crash loses no commit
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            if "excerpts" not in {row[1] for row in self._db.execute("PRAGMA table_info(exchanges)")}:
+                self._db.execute("ALTER TABLE exchanges ADD COLUMN excerpts TEXT")  # a memory from an older version
             self._db.execute("UPDATE exchanges SET status = 'interrupted' WHERE status = 'pending'")
 
     def close(self) -> None:
@@ -88,16 +93,17 @@ class Memory:
                            "VALUES (?, ?, ?, ?, ?)", (str(channel), str(author_id), author_name, question, time.time()))
         return cursor.lastrowid
 
-    def finish(self, exchange_id: int, answer: str | None, sources: list[Source], status: Status = "complete") -> None:
-        """Store the whole answer and its status in one statement."""
-        self._run("UPDATE exchanges SET answer = ?, sources = ?, answered_at = ?, status = ? WHERE id = ?",
-                  (answer, json.dumps([s.__dict__ for s in sources]), time.time(), status, exchange_id))
+    def finish(self, exchange_id: int, answer: str | None, sources: list[Source], status: Status = "complete",
+               excerpts: list[Excerpt] = ()) -> None:
+        """Store the whole answer, its sources, what the model was shown, and the status in one statement."""
+        self._run("UPDATE exchanges SET answer = ?, sources = ?, excerpts = ?, answered_at = ?, status = ? WHERE id = ?",
+                  (answer, _json(sources), _json(excerpts), time.time(), status, exchange_id))
 
     def history(self, channel: str, limit: int) -> list[Turn]:
         """The channel's complete exchanges, newest first."""
-        rows = self._run("SELECT author_name, question, answer FROM exchanges WHERE channel = ? AND status = 'complete' "
-                         "ORDER BY id DESC LIMIT ?", (str(channel), limit)).fetchall()
-        return [Turn(*row) for row in rows]
+        rows = self._run("SELECT author_name, question, answer, excerpts FROM exchanges WHERE channel = ? AND "
+                         "status = 'complete' ORDER BY id DESC LIMIT ?", (str(channel), limit)).fetchall()
+        return [Turn(author, question, answer, _excerpts(excerpts)) for author, question, answer, excerpts in rows]
 
     def show(self, channel: str, limit: int = 10) -> list[Exchange]:
         """The channel's last `limit` exchanges of any status, oldest first."""
@@ -147,7 +153,16 @@ class Memory:
 def _exchange(row: tuple) -> Exchange:
     values = list(row)
     values[7] = [Source(**s) for s in json.loads(values[7])]
+    values[10] = _excerpts(values[10])
     return Exchange(*values)
+
+
+def _json(items) -> str:
+    return json.dumps([item.__dict__ for item in items])
+
+
+def _excerpts(stored: str | None) -> tuple[Excerpt, ...] | None:
+    return None if stored is None else tuple(Excerpt(**e) for e in json.loads(stored))
 
 
 def _when(timestamp: float | None) -> str:

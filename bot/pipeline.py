@@ -15,8 +15,9 @@ Done.status says what the caller got:
 Done.text is what the message should say in the end; the cog replaces the streamed text with it.
 
 Steps: check input (length, safety) -> wait for the channel's turn (bot.scheduler) -> retrieve (this
-guild only) -> history + persona (memory) -> prompt (bot.prompt) -> stream (model thread), with the
-safety output check every _CHECK_EVERY characters and at the end -> store the exchange.
+guild only) -> history + persona (memory; excerpts of documents removed since are left out) -> prompt
+(bot.prompt) -> stream (model thread), with the safety output check every _CHECK_EVERY characters and
+at the end -> store the exchange with the excerpts the model was shown.
 Safety: pass an object with check_input/check_output/screen_passages (the Safety protocol; the real one
 is bot.safety.SafetyFilter), or None.
 """
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Literal, Protocol
 
 from bot.config import Config
@@ -135,7 +136,7 @@ class Pipeline:
             passages = await asyncio.to_thread(self.knowledge.search, str(guild), question)
             if self.safety is not None:
                 passages = self.safety.screen_passages(passages)
-            persona, history = await asyncio.to_thread(self._channel_state, str(channel))
+            persona, history = await asyncio.to_thread(self._channel_state, str(guild), str(channel))
             try:
                 prompt = await self.scheduler.run(build, self.llm, persona, passages, history, author.name, question,
                                                   chat.max_answer_tokens)
@@ -165,8 +166,8 @@ class Pipeline:
                 await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "error")
                 yield Done("error", EMPTY_REPLY)
                 return
-            sources = tuple(cited(answer, prompt.sources))
-            await asyncio.to_thread(self.memory.finish, exchange_id, answer, list(sources))
+            sources = tuple(cited(answer, prompt.citable))
+            await asyncio.to_thread(self.memory.finish, exchange_id, answer, list(sources), "complete", prompt.excerpts)
             finished = True
             yield Done("answer", answer, sources, tuple(prompt.sources))
         except Exception:
@@ -187,9 +188,14 @@ class Pipeline:
         await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "refused")
         return Done("refused", verdict.message)
 
-    def _channel_state(self, channel: str) -> tuple[str, list[Turn]]:
+    def _channel_state(self, guild: str, channel: str) -> tuple[str, list[Turn]]:
+        """The persona, and the history without excerpts of documents removed (or replaced) since."""
         persona = self.memory.get_persona(channel) or self.config.chat.persona
-        return persona, self.memory.history(channel, self.config.chat.max_history_turns)
+        history = self.memory.history(channel, self.config.chat.max_history_turns)
+        shown = [e.chunk_id for turn in history for e in turn.excerpts or ()]
+        kept = self.knowledge.existing_chunks(guild, shown) if shown else set()
+        return persona, [replace(turn, excerpts=tuple(e for e in turn.excerpts if e.chunk_id in kept) or None)
+                         if turn.excerpts else turn for turn in history]
 
     # --- persona and memory, for the slash commands (blocking calls run off the loop) -------
 

@@ -219,6 +219,10 @@ class KnowledgeBase:
     def remove(self, guild: str, name: str) -> Document | None:
         return self.store(guild).remove_document(name)
 
+    def existing_chunks(self, guild: str, chunk_ids: list[str]) -> set[str]:
+        """Those of the chunk ids still in the guild's knowledge base."""
+        return set(self.store(guild).chunks(chunk_ids))
+
     # --- searching -------------------------------------------------------------------------
 
     def search(self, guild: str, question: str, k: int | None = None) -> list[Passage]:

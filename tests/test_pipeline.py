@@ -72,6 +72,25 @@ async def test_no_leaks_between_guilds_or_channels(pipeline):
     assert "Secret question about remote work in channel A" in str(pipeline.llm.prompts[-1][1:-1])
 
 
+async def test_a_follow_up_prompt_extends_the_last_one_and_forgets_removed_documents(pipeline):
+    first = (await events(pipeline, "c", "How many days of annual leave do employees get?"))[-1]
+    await events(pipeline, "c", "And remote work?")
+    asked, again = pipeline.llm.prompts
+    # The first prompt and its answer, message for message: llama.cpp prefills only the new question.
+    assert again[:len(asked)] == asked and again[len(asked)] == {"role": "assistant", "content": first.text}
+    assert "25 days of paid annual leave" in again[len(asked) - 1]["content"]
+    llm = pipeline.llm
+    assert llm.last_timings["cache_n"] >= len(llm.tokenize_prompt(asked)) + llm.count(first.text) - 2
+    assert llm.last_timings["prompt_n"] <= llm.count(again[-1]["content"]) + llm.overhead(2)  # the new message only
+
+    pipeline.knowledge.remove("g1", "handbook.pdf")
+    await events(pipeline, "c", "And now?")
+    history = pipeline.llm.prompts[-1][1:-1]
+    assert history[0]["content"] == "Ada asks: How many days of annual leave do employees get?"
+    shown = [m["content"] for m in history if m["role"] == "user"]
+    assert shown[1] == "Ada asks: And remote work?" and "handbook.pdf" not in str(shown)  # answers stay as written
+
+
 async def test_bad_input_gets_a_short_reply_and_stores_nothing(pipeline, engine_config):
     for text, reason in [("   ", "Ask me a question"), ("x" * 5000, "at most 4000")]:
         [done] = await events(pipeline, "c", text)

@@ -1,7 +1,7 @@
 
 import pytest
 
-from bot.prompt import NO_SOURCES, QuestionTooLong, Source, Turn, build, cited, format_sources
+from bot.prompt import NO_SOURCES, Excerpt, QuestionTooLong, Source, Turn, build, cited, format_sources
 from knowledge.base import Passage
 
 PERSONA = "You are a helpful assistant."
@@ -72,13 +72,37 @@ def test_citations():
     assert format_sources(sources[1:2]) == "[2] b.pdf, p. 4"
 
 
-def test_next_turn_shares_the_prompt_prefix_for_the_kv_cache(llm):
-    """Turn 3 starts with exactly the tokens of turn 2 up to turn 2's new question: only new text is prefilled."""
-    first = Turn("Ada", "What is fact 1?", "Fact 1 is about leave [1].")
-    second = build(llm, PERSONA, [passage(1, 30)], [first], "Bob", "And fact 2?", 64)
-    third = build(llm, PERSONA, [passage(2, 30)], [Turn("Bob", "And fact 2?", "It is about work [1]."), first],
+def test_next_turn_starts_with_every_token_of_the_last_prompt_and_answer(llm):
+    """What the KV cache holds after an answer (its prompt, then the answer) is where the next prompt starts:
+    only the new sources and question are prefilled."""
+    first = Turn("Ada", "What is fact 1?", "Fact 1 is about leave [1].", (Excerpt(1, "doc1.pdf", 2, "fact1 " * 30, "c1"),))
+    second = build(llm, PERSONA, [passage(2, 30)], [first], "Bob", "And fact 2?", 64)
+    answer = "It is about work [2]."
+    third = build(llm, PERSONA, [passage(3, 30)], [Turn("Bob", "And fact 2?", answer, tuple(second.excerpts)), first],
                   "Ada", "And fact 3?", 64)
-    a, b = llm.tokenize_prompt(second.messages), llm.tokenize_prompt(third.messages)
-    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-    unchanged = llm.tokenize_prompt(second.messages[:-1])  # system + history of turn 2
-    assert shared >= len(unchanged) - 3  # minus the generation prompt the template appends
+    cached = llm.tokenize_prompt(second.messages) + llm.llama.tokenize(answer.encode(), add_bos=False, special=False)
+    assert llm.tokenize_prompt(third.messages)[:len(cached)] == cached
+    assert "fact2-0" in third.messages[-3]["content"]  # the last question's sources are still in view
+
+
+def test_sources_numbers_are_unique_in_a_prompt_and_earlier_ones_can_be_cited(llm):
+    earlier = Turn("Ada", "What is fact 1?", "Fact 1 [1][2].",
+                   (Excerpt(1, "doc1.pdf", 2, "fact1 " * 30, "c1"), Excerpt(2, "doc9.pdf", 5, "fact9 " * 30, "c9")))
+    prompt = build(llm, PERSONA, [passage(2, 30), passage(3, 30)], [earlier], "Bob", "And facts 2 and 3?", 64)
+    assert [e.number for e in prompt.excerpts] == [3, 4] and prompt.sources[0] == Source(3, "doc2.pdf", 3)
+    assert '<source id="3" file="doc2.pdf" page="3">' in prompt.messages[-1]["content"]
+    assert cited("Fact 2 [3], and fact 1 [1].", prompt.citable) == [Source(3, "doc2.pdf", 3), Source(1, "doc1.pdf", 2)]
+    # Numbers the shown history leaves free are taken from the lowest.
+    later = Turn("Bob", "Fact 5?", "Fact 5 [3].", (Excerpt(3, "doc5.pdf", 6, "fact5 " * 30, "c5"),))
+    prompt = build(llm, PERSONA, [passage(2, 30), passage(3, 30), passage(4, 30)], [later], "Ada", "More?", 64)
+    assert [e.number for e in prompt.excerpts] == [4, 5, 6]
+    prompt = build(llm, PERSONA, [passage(2, 30), passage(3, 30)], [later], "Ada", "More?", 64)
+    assert [e.number for e in prompt.excerpts] == [1, 2]
+
+
+def test_history_shows_each_exchange_as_it_was_asked(llm):
+    legacy = Turn("Ada", "Old question?", "Old answer.")  # stored before excerpts were kept: the question alone
+    unsourced = Turn("Bob", "Nothing matched?", "Nothing did.", ())
+    prompt = build(llm, PERSONA, [], [unsourced, legacy], "Cy", "Now?", 64)
+    assert prompt.messages[1]["content"] == "Ada asks: Old question?"
+    assert prompt.messages[3]["content"].startswith("<sources>\n" + NO_SOURCES)
