@@ -38,6 +38,7 @@ import asyncio
 import dataclasses
 import datetime
 import faulthandler
+import functools
 import json
 import os
 import random
@@ -121,6 +122,9 @@ class GpuKnowledge:
         vectors = self.embedder.encode([p.text for p in passages]) if self.embedder is not None else None
         self.guilds[guild] = (passages, vectors)
 
+    def existing_chunks(self, guild: str, chunk_ids: list[str]) -> set[str]:
+        return {p.chunk_id for p in self.guilds[guild][0]} & set(chunk_ids)
+
     def search(self, guild: str, question: str, k: int | None = None) -> list[Passage]:
         passages, vectors = self.guilds[guild]
         if self.embedder is None:  # the local engine's process: no torch (see engine_local)
@@ -133,16 +137,60 @@ class GpuKnowledge:
 
 
 class NoEos:
-    """The model with end-of-turn banned, so every answer runs to max_tokens (random weights write noise)."""
+    """The model with end-of-turn banned, so every answer runs to max_tokens.
+
+    Random weights write noise: token sequences that the tokenizer would cut differently from the text,
+    so a next turn could not reuse them from the KV cache, where a real model's answers (text the
+    tokenizer itself would produce) can be. With `words` set, answers are made of WORDS instead:
+    "The" and then whole-word tokens (" revenue"), which the text tokenizes back into."""
 
     def __init__(self, llm):
-        self.llm = llm
+        self.llm, self.words = llm, False
+        if isinstance(llm, ServerModel):
+            tokenize = functools.partial(llm_tokens, llm)
+        else:
+            def tokenize(text):
+                return llm.llama.tokenize(text.encode(), add_bos=False, special=False)
+        [self.the] = tokenize("The")
+        self.word_tokens = sorted({t[0] for t in map(tokenize, (f" {w}" for w in WORDS)) if len(t) == 1})
 
     def __getattr__(self, name):
         return getattr(self.llm, name)
 
     def stream(self, messages, max_tokens, cancel=None, **options):
-        return self.llm.stream(messages, max_tokens, cancel, logit_bias=BAN, **options)
+        if not self.words:
+            return self.llm.stream(messages, max_tokens, cancel, logit_bias=BAN, **options)
+        if isinstance(self.llm, ServerModel):  # the grammar starts with "The"; the bias picks whole words
+            with_grammar(self.llm, 'root ::= "The" ( " " [a-z]+ )*')
+            bias = {**BAN, **{t: 100.0 for t in [self.the, *self.word_tokens]}}
+            return self.llm.stream(messages, max_tokens, cancel, logit_bias=bias, **options)
+        first = [True]
+
+        def words_only(_ids, scores):
+            allowed = [self.the] if first[0] else self.word_tokens
+            first[0] = False
+            kept = scores[allowed]
+            scores[:] = -numpy.inf
+            scores[allowed] = kept
+            return scores
+        return self.llm.stream(messages, max_tokens, cancel, logits_processor=[words_only], **options)
+
+
+def llm_tokens(llm: ServerModel, text: str) -> list[int]:
+    with llm._post(llm._root + "/tokenize", {"content": text}) as response:
+        return json.load(response)["tokens"]
+
+
+def with_grammar(llm: ServerModel, grammar: str) -> None:
+    """The next /chat/completions request of `llm` (only) carries llama-server's GBNF `grammar`."""
+    post = llm._post
+
+    def once(url, body, timeout=None):
+        if url.endswith("/chat/completions"):
+            del llm._post  # back to the class's method
+            body = {**body, "grammar": grammar}
+        return post(url, body, timeout)
+    llm._post = once
 
 
 def gpu_used_mib() -> float:
@@ -316,12 +364,17 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
 
     async def second_turn():
         """Passages of the product's largest chunk size here (the ~1,800-token prompt above needs bigger
-        ones): what a second turn prefills is the last answer plus the new passages."""
+        ones). The first answer is made of words (NoEos.words), as a real model's text: the second turn
+        then prefills only the new passages and question, unless the tokens did not line up."""
         results, prefilled, steps = [], [], []
         for i in range(3):
             channel = f"history-{name}-{i}"
             seed_history(memory, channel, 3000, llm.count)
-            await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
+            pipeline.llm.words = True
+            try:
+                await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
+            finally:
+                pipeline.llm.words = False
             first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
             results.append(first)
             prefilled.append(getattr(llm, "last_timings", {}).get("prompt_n", float("nan")))
