@@ -101,9 +101,10 @@ class Memory:
 
     def history(self, channel: str, limit: int) -> list[Turn]:
         """The channel's complete exchanges, newest first."""
-        rows = self._run("SELECT author_name, question, answer, excerpts FROM exchanges WHERE channel = ? AND "
+        rows = self._run("SELECT author_name, question, answer, excerpts, id FROM exchanges WHERE channel = ? AND "
                          "status = 'complete' ORDER BY id DESC LIMIT ?", (str(channel), limit)).fetchall()
-        return [Turn(author, question, answer, _excerpts(excerpts)) for author, question, answer, excerpts in rows]
+        return [Turn(author, question, answer, _excerpts(excerpts), exchange_id)
+                for author, question, answer, excerpts, exchange_id in rows]
 
     def show(self, channel: str, limit: int = 10) -> list[Exchange]:
         """The channel's last `limit` exchanges of any status, oldest first."""

@@ -104,6 +104,7 @@ class Pipeline:
         self.memory = memory
         self.safety = safety
         self.scheduler = Scheduler(llm)
+        self._since: dict[str, int] = {}  # channel -> the oldest exchange its last prompt showed (bot.prompt)
 
     @property
     def queue_length(self) -> int:
@@ -139,7 +140,8 @@ class Pipeline:
             persona, history = await asyncio.to_thread(self._channel_state, str(guild), str(channel))
             try:
                 prompt = await self.scheduler.run(build, self.llm, persona, passages, history, author.name, question,
-                                                  chat.max_answer_tokens)
+                                                  chat.max_answer_tokens, self._since.get(str(channel), 0))
+                self._since[str(channel)] = prompt.since
             except QuestionTooLong as e:
                 finished = True
                 yield Done("invalid", f"That question is too long for my context ({e.tokens} tokens; at most "

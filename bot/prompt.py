@@ -11,9 +11,12 @@ predecessor in view ("and the year before?"). Numbers are unique in a prompt: th
 sources take the lowest numbers that the exchanges shown do not use, so [n] names one passage.
 
 Budget: n_ctx = template overhead + system + question + answer room (chat.max_answer_tokens) + a
-safety margin, then passages in rank order (one that does not fit is skipped), then history, newest
-first, whole exchanges with their sources, until the next one does not fit. The question is never
-cut: a question that leaves no room raises QuestionTooLong. Token counts come from the model's tokenizer and are cached
+safety margin, then passages in rank order (one that does not fit is skipped), then history: whole
+exchanges with their sources, newest first. The history's start stays put while the exchanges since
+it fit (the caller passes `since`, the oldest exchange its last prompt showed; Prompt.since is the
+next one); when they outgrow the room, it restarts with the newest exchanges that fit in half of it,
+so the next few questions again extend the prompt instead of shifting it. The question is never cut:
+a question that leaves no room raises QuestionTooLong. Token counts come from the model's tokenizer and are cached
 per text by the model, so rebuilding a prompt from known passages and turns costs no tokenizing.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from bot.llm import LLM, Message
 
@@ -73,6 +76,7 @@ class Turn:
     question: str
     answer: str
     excerpts: tuple[Excerpt, ...] | None = None  # None: not recorded (exchanges stored before they were)
+    exchange_id: int = 0  # memory's id: ids grow with time
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Prompt:
     history_turns: int  # exchanges of memory included
     tokens: int  # estimated prompt tokens, without the answer room
     max_answer_tokens: int
+    since: int = 0  # the oldest exchange shown: the `since` of the channel's next prompt
 
     @property
     def sources(self) -> list[Source]:
@@ -122,9 +127,9 @@ def _first_free(used: set[int], count: int) -> int:
     return start
 
 
-def build(llm: LLM, persona: str, passages: Sequence, history: Iterable[Turn], author: str, question: str,
-          max_answer_tokens: int) -> Prompt:
-    """`passages` best first (knowledge.base.Passage), `history` newest first."""
+def build(llm: LLM, persona: str, passages: Sequence, history: Sequence[Turn], author: str, question: str,
+          max_answer_tokens: int, since: int = 0) -> Prompt:
+    """`passages` best first (knowledge.base.Passage), `history` newest first, `since` the last Prompt.since."""
     system = system_message(persona)
     asked = question_text(author, question)
     margin = 16 + llm.n_ctx // 100  # parts are counted apart; joined, tokens can merge differently
@@ -141,24 +146,49 @@ def build(llm: LLM, persona: str, passages: Sequence, history: Iterable[Turn], a
             chosen.append(passage)
             left -= cost
 
+    kept, left = _window(llm, history, left, since)
     turns: list[Message] = []
     shown: list[Excerpt] = []
-    per_exchange = 2 * llm.overhead(1) - 2 * llm.overhead(0)
-    for turn in history:
-        user, answer = user_message(turn.excerpts, question_text(turn.author, turn.question)), defang(turn.answer)
-        cost = llm.count(user) + llm.count(answer) + per_exchange
-        if cost > left:
-            break
-        turns[:0] = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    for turn in reversed(kept):
+        turns += [{"role": "user", "content": _user_text(turn)}, {"role": "assistant", "content": defang(turn.answer)}]
         shown += turn.excerpts or ()
-        left -= cost
 
     first = _first_free({e.number for e in shown}, len(chosen))
     excerpts = [Excerpt(first + i, p.file, p.page, p.text, p.chunk_id) for i, p in enumerate(chosen)]
     messages = [{"role": "system", "content": system}, *turns, {"role": "user", "content": user_message(excerpts, asked)}]
     used = llm.n_ctx - max_answer_tokens - margin - left
     citable = [e.source for e in excerpts] + [e.source for e in shown]
-    return Prompt(messages, excerpts, citable, len(turns) // 2, used, max_answer_tokens)
+    return Prompt(messages, excerpts, citable, len(kept), used, max_answer_tokens, kept[-1].exchange_id if kept else 0)
+
+
+def _user_text(turn: Turn) -> str:
+    return user_message(turn.excerpts, question_text(turn.author, turn.question))
+
+
+def _window(llm: LLM, history: Sequence[Turn], room: int, since: int) -> tuple[list[Turn], int]:
+    """The exchanges to show (newest first) and the room they leave; see the module's docstring."""
+    per_exchange = 2 * llm.overhead(1) - 2 * llm.overhead(0)
+
+    def newest(turns: Sequence[Turn], budget: int) -> tuple[list[Turn], int]:
+        kept = []
+        for turn in turns:
+            cost = llm.count(_user_text(turn)) + llm.count(defang(turn.answer)) + per_exchange
+            if cost > budget:
+                break
+            kept.append(turn)
+            budget -= cost
+        return kept, budget
+
+    window = [t for t in history if t.exchange_id >= since]
+    kept, left = newest(window, room)
+    if len(kept) < len(window):  # outgrown: start afresh, half full
+        kept, left = newest(window, room // 2)
+        return kept, left + room - room // 2
+    if since and history and window[-1:] != [t for t in history if t.exchange_id == since]:
+        # The exchange the last prompt started with is no longer read from memory (chat.max_history_turns,
+        # or /memory reset): start afresh with half as many.
+        kept, left = newest(history[:(len(history) + 1) // 2], room)
+    return kept, left
 
 
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")

@@ -15,6 +15,11 @@ def turns(n, words=60):
     return [Turn(f"user{i}", f"question {i} " + "why " * 5, f"answer {i} " + "because " * words) for i in range(n)]
 
 
+def exchanges(first_id, last_id):
+    """Stored exchanges with their memory ids, newest first."""
+    return [Turn("Ada", f"question {i}?", f"answer {i} " + "because " * 40, (), i) for i in range(last_id, first_id - 1, -1)]
+
+
 def test_budget_is_respected_newest_history_kept_question_never_dropped(llm):
     history = turns(30)  # newest first
     prompt = build(llm, PERSONA, [passage(i) for i in range(8)], history, "Ada", "What is fact 3?", 300)
@@ -62,7 +67,7 @@ def test_a_rebuilt_large_prompt_tokenizes_nothing_again(llm):
     misses = type(llm).count.cache_info().misses
     prompt = build(llm, PERSONA, passages, history, "Ada", "What is fact 3?", 32)
     assert type(llm).count.cache_info().misses == misses
-    assert prompt.tokens > 1800
+    assert prompt.tokens > 1500
 
 
 def test_citations():
@@ -106,3 +111,28 @@ def test_history_shows_each_exchange_as_it_was_asked(llm):
     prompt = build(llm, PERSONA, [], [unsourced, legacy], "Cy", "Now?", 64)
     assert prompt.messages[1]["content"] == "Ada asks: Old question?"
     assert prompt.messages[3]["content"].startswith("<sources>\n" + NO_SOURCES)
+
+
+def test_the_history_start_stays_put_until_it_outgrows_the_room_then_restarts_half_full(llm):
+    history, since, sizes, restarts = exchanges(1, 30), 0, [], 0
+    prompt = build(llm, PERSONA, [], history, "Ada", "Next?", 64, since)
+    for new_id in range(31, 61):
+        history = exchanges(1, new_id)
+        again = build(llm, PERSONA, [], history, "Ada", "Next?", 64, prompt.since)
+        assert again.history_turns >= 1 and len(llm.tokenize_prompt(again.messages)) + 64 <= llm.n_ctx
+        if again.since == prompt.since:  # the same start: the last prompt's history is where this one begins
+            assert again.messages[:-3] == prompt.messages[:-1] and again.history_turns == prompt.history_turns + 1
+        else:
+            restarts += 1
+            assert again.since > prompt.since and again.history_turns < prompt.history_turns
+        sizes.append(again.history_turns)
+        prompt = again
+    assert 2 <= restarts <= 10 and max(sizes) >= 2 * min(sizes)
+
+
+def test_a_history_start_no_longer_read_from_memory_restarts_with_half_as_many(llm):
+    last = build(llm, PERSONA, [], exchanges(5, 8), "Ada", "Next?", 64, 5)
+    assert last.history_turns == 4 and last.since == 5
+    # max_history_turns = 4: memory returns 6..9, not 5 any more
+    prompt = build(llm, PERSONA, [], exchanges(6, 9), "Ada", "Next?", 64, last.since)
+    assert prompt.history_turns == 2 and prompt.since == 8
