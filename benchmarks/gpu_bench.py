@@ -139,58 +139,36 @@ class GpuKnowledge:
 class NoEos:
     """The model with end-of-turn banned, so every answer runs to max_tokens.
 
-    Random weights write noise: token sequences that the tokenizer would cut differently from the text,
-    so a next turn could not reuse them from the KV cache, where a real model's answers (text the
-    tokenizer itself would produce) can be. With `words` set, answers are made of WORDS instead:
-    "The" and then whole-word tokens (" revenue"), which the text tokenizes back into."""
+    Random weights write noise: token sequences that the tokenizer would cut differently from their
+    text, so a next turn could not reuse them from the KV cache, as it can a real model's answers (text
+    the tokenizer itself would produce). With `digits` set, answers are made of number tokens only:
+    Llama-3 cuts a run of digits into threes ("418" "027" ...), so that text tokenizes back into the
+    very tokens generated."""
 
     def __init__(self, llm):
-        self.llm, self.words = llm, False
+        self.llm, self.digits = llm, False
         if isinstance(llm, ServerModel):
             tokenize = functools.partial(llm_tokens, llm)
         else:
             def tokenize(text):
                 return llm.llama.tokenize(text.encode(), add_bos=False, special=False)
-        [self.the] = tokenize("The")
-        self.word_tokens = sorted({t[0] for t in map(tokenize, (f" {w}" for w in WORDS)) if len(t) == 1})
+        for width in (3, 1):  # 1: tokenizers that cut digits one by one (SmolLM2)
+            singles = [t[0] for t in map(tokenize, (f"{n:0{width}d}" for n in range(10 ** width))) if len(t) == 1]
+            if len(singles) == 10 ** width:
+                self.digit_bias = {**BAN, **{t: 100.0 for t in singles}}
+                break
 
     def __getattr__(self, name):
         return getattr(self.llm, name)
 
     def stream(self, messages, max_tokens, cancel=None, **options):
-        if not self.words:
-            return self.llm.stream(messages, max_tokens, cancel, logit_bias=BAN, **options)
-        if isinstance(self.llm, ServerModel):  # the grammar starts with "The"; the bias picks whole words
-            with_grammar(self.llm, 'root ::= "The" ( " " [a-z]+ )*')
-            bias = {**BAN, **{t: 100.0 for t in [self.the, *self.word_tokens]}}
-            return self.llm.stream(messages, max_tokens, cancel, logit_bias=bias, **options)
-        first = [True]
-
-        def words_only(_ids, scores):
-            allowed = [self.the] if first[0] else self.word_tokens
-            first[0] = False
-            kept = scores[allowed]
-            scores[:] = -numpy.inf
-            scores[allowed] = kept
-            return scores
-        return self.llm.stream(messages, max_tokens, cancel, logits_processor=[words_only], **options)
+        bias = self.digit_bias if self.digits else BAN
+        return self.llm.stream(messages, max_tokens, cancel, logit_bias=bias, **options)
 
 
 def llm_tokens(llm: ServerModel, text: str) -> list[int]:
     with llm._post(llm._root + "/tokenize", {"content": text}) as response:
         return json.load(response)["tokens"]
-
-
-def with_grammar(llm: ServerModel, grammar: str) -> None:
-    """The next /chat/completions request of `llm` (only) carries llama-server's GBNF `grammar`."""
-    post = llm._post
-
-    def once(url, body, timeout=None):
-        if url.endswith("/chat/completions"):
-            del llm._post  # back to the class's method
-            body = {**body, "grammar": grammar}
-        return post(url, body, timeout)
-    llm._post = once
 
 
 def gpu_used_mib() -> float:
@@ -364,17 +342,17 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
 
     async def second_turn():
         """Passages of the product's largest chunk size here (the ~1,800-token prompt above needs bigger
-        ones). The first answer is made of words (NoEos.words), as a real model's text: the second turn
-        then prefills only the new passages and question, unless the tokens did not line up."""
+        ones). The first answer is made of numbers (NoEos.digits), text that tokenizes back into its tokens
+        as a real model's does: the second turn then prefills only the new passages and question."""
         results, prefilled, steps = [], [], []
         for i in range(3):
             channel = f"history-{name}-{i}"
             seed_history(memory, channel, 3000, llm.count)
-            pipeline.llm.words = True
+            pipeline.llm.digits = True
             try:
                 await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
             finally:
-                pipeline.llm.words = False
+                pipeline.llm.digits = False
             first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
             results.append(first)
             prefilled.append(getattr(llm, "last_timings", {}).get("prompt_n", float("nan")))
