@@ -143,19 +143,21 @@ class NoEos:
     text, so a next turn could not reuse them from the KV cache, as it can a real model's answers (text
     the tokenizer itself would produce). With `digits` set, answers are made of number tokens only:
     Llama-3 cuts a run of digits into threes ("418" "027" ...), so that text tokenizes back into the
-    very tokens generated."""
+    very tokens generated. Every other token is pushed down: the random weights' logits spread over
+    about +-180, more than the +-100 a logit bias may take."""
 
     def __init__(self, llm):
         self.llm, self.digits = llm, False
         if isinstance(llm, ServerModel):
-            tokenize = functools.partial(llm_tokens, llm)
+            tokenize, n_vocab = functools.partial(llm_tokens, llm), 128256  # Llama-3's vocabulary
         else:
             def tokenize(text):
                 return llm.llama.tokenize(text.encode(), add_bos=False, special=False)
+            n_vocab = llm.llama.n_vocab()
         for width in (3, 1):  # 1: tokenizers that cut digits one by one (SmolLM2)
             singles = [t[0] for t in map(tokenize, (f"{n:0{width}d}" for n in range(10 ** width))) if len(t) == 1]
             if len(singles) == 10 ** width:
-                self.digit_bias = {**BAN, **{t: 100.0 for t in singles}}
+                self.digit_bias = {**dict.fromkeys(range(n_vocab), -100.0), **dict.fromkeys(singles, 100.0)}
                 break
 
     def __getattr__(self, name):
@@ -350,7 +352,9 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
             seed_history(memory, channel, 3000, llm.count)
             pipeline.llm.digits = True
             try:
-                await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
+                _, _, _, answer = await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
+                print(f"  second turn, first answer: {answer[:24]}... ({llm.last_timings.get('prompt_n')} tokens "
+                      f"prefilled)", flush=True)
             finally:
                 pipeline.llm.digits = False
             first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
