@@ -143,8 +143,9 @@ class NoEos:
     text, so a next turn could not reuse them from the KV cache, as it can a real model's answers (text
     the tokenizer itself would produce). With `digits` set, answers are made of number tokens only:
     Llama-3 cuts a run of digits into threes ("418" "027" ...), so that text tokenizes back into the
-    very tokens generated. Every other token is pushed down: the random weights' logits spread over
-    about +-180, more than the +-100 a logit bias may take."""
+    very tokens generated. Every other token is pushed down too, in case the random weights' logits
+    spread wider than a +100 bias. (On the H100 on 2026-12-02, llama-server still wrote "????": see
+    the README.)"""
 
     def __init__(self, llm):
         self.llm, self.digits = llm, False

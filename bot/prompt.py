@@ -16,8 +16,9 @@ exchanges with their sources, newest first. The history's start stays put while 
 it fit (the caller passes `since`, the oldest exchange its last prompt showed; Prompt.since is the
 next one); when they outgrow the room, it restarts with the newest exchanges that fit in half of it,
 so the next few questions again extend the prompt instead of shifting it. The question is never cut:
-a question that leaves no room raises QuestionTooLong. Token counts come from the model's tokenizer and are cached
-per text by the model, so rebuilding a prompt from known passages and turns costs no tokenizing.
+a question that leaves no room raises QuestionTooLong. Token counts come from the model's tokenizer
+and are cached per text by the model, so rebuilding a prompt from known passages and turns costs no
+tokenizing.
 """
 
 from __future__ import annotations
