@@ -360,7 +360,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
                 pipeline.llm.digits = False
             first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
             results.append(first)
-            prefilled.append(getattr(llm, "last_timings", {}).get("prompt_n", float("nan")))
+            prefilled.append(llm.last_timings.get("prompt_n", float("nan")))
             steps.append({step: values[-1] for step, values in SPENT.items()})
         for step in ("retrieval", "prompt"):
             FIGURES[f"{name} second turn {step} ms"] = 1000 * statistics.median(s[step] for s in steps)

@@ -185,7 +185,7 @@ def _window(llm: LLM, history: Sequence[Turn], room: int, since: int) -> tuple[l
     if len(kept) < len(window):  # outgrown: start afresh, half full
         kept, left = newest(window, room // 2)
         return kept, left + room - room // 2
-    if since and history and window[-1:] != [t for t in history if t.exchange_id == since]:
+    if since and window and window[-1].exchange_id != since:
         # The exchange the last prompt started with is no longer read from memory (chat.max_history_turns,
         # or /memory reset): start afresh with half as many.
         kept, left = newest(history[:(len(history) + 1) // 2], room)
