@@ -1,7 +1,7 @@
 
 import pytest
 
-from bot.prompt import NO_SOURCES, Excerpt, QuestionTooLong, Source, Turn, build, cited, format_sources
+from bot.prompt import NO_SOURCES, SHOWN_ABOVE, Excerpt, QuestionTooLong, Source, Turn, build, cited, format_sources
 from knowledge.base import Passage
 
 PERSONA = "You are a helpful assistant."
@@ -103,6 +103,26 @@ def test_sources_numbers_are_unique_in_a_prompt_and_earlier_ones_can_be_cited(ll
     assert [e.number for e in prompt.excerpts] == [4, 5, 6]
     prompt = build(llm, PERSONA, [passage(2, 30), passage(3, 30)], [later], "Ada", "More?", 64)
     assert [e.number for e in prompt.excerpts] == [1, 2]
+
+
+def test_a_passage_shown_in_the_history_is_named_by_its_number_not_repeated(llm):
+    first = Turn("Ada", "What is fact 1?", "Fact 1 [1].", (Excerpt(1, "doc1.pdf", 2, passage(1, 30).text, "c1"),), 1)
+    second = build(llm, PERSONA, [passage(1, 30), passage(2, 30)], [first], "Bob", "And fact 2?", 64)
+    assert [e.number for e in second.excerpts] == [1, 2]  # the passage keeps its number
+    asked = second.messages[-1]["content"]
+    assert "fact1-0" not in asked and '<source id="2" file="doc2.pdf"' in asked
+    assert SHOWN_ABOVE.format(numbers="[1]") in asked
+    assert cited("Both [1][2].", second.citable) == [Source(1, "doc1.pdf", 2), Source(2, "doc2.pdf", 3)]
+    # Only passages shown before: no empty source list, no "nothing matches".
+    only = build(llm, PERSONA, [passage(1, 30)], [first], "Bob", "Again?", 64)
+    assert only.messages[-1]["content"] == SHOWN_ABOVE.format(numbers="[1]") + "\n\nBob asks: Again?"
+    # The next prompt shows the second exchange as it was asked: still extending the last prompt.
+    then = Turn("Bob", "And fact 2?", "Fact 2 [2].", tuple(second.excerpts), 2)
+    third = build(llm, PERSONA, [passage(3, 30)], [then, first], "Ada", "Fact 3?", 64, since=1)
+    assert third.messages[:4] == second.messages and third.messages[4]["content"] == "Fact 2 [2]."
+    # Once the exchange that wrote it out has left the history, the passage is written out again.
+    alone = build(llm, PERSONA, [], [then], "Ada", "Fact 3?", 64)
+    assert "fact1-0" in alone.messages[1]["content"] and SHOWN_ABOVE.format(numbers="[1]") not in alone.messages[1]["content"]
 
 
 def test_history_shows_each_exchange_as_it_was_asked(llm):
