@@ -134,9 +134,10 @@ async def test_injected_pdf_instruction_never_reaches_the_model(engine_config, l
 
     kb = KnowledgeBase(engine_config, embedder)
     kb.ingest("g1", "travel.pdf", make_pdf(INJECTED))
-    for guard, expect_instruction in ((None, True), (safety, False)):
+    # A channel each: in one channel the second question would name the passage its history already shows.
+    for channel, guard, expect_instruction in (("c1", None, True), ("c2", safety, False)):
         pipeline = Pipeline(engine_config, Recording(llm), kb, Memory(engine_config.memory_path), guard)
-        events = [e async for e in pipeline.answer("g1", "c1", Author("u1", "Ada"), "What is the hotel limit per night?")]
+        events = [e async for e in pipeline.answer("g1", channel, Author("u1", "Ada"), "What is the hotel limit per night?")]
         assert events[-1].status == "answer"
         prompt = pipeline.llm.prompts[-1][-1]["content"]
         assert "Hotel costs up to 150 euros" in prompt  # the rest of the passage stays
