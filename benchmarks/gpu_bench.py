@@ -38,7 +38,6 @@ import asyncio
 import dataclasses
 import datetime
 import faulthandler
-import functools
 import json
 import os
 import random
@@ -114,11 +113,13 @@ class GpuKnowledge:
     def __init__(self, embedder, passages_per_guild: int = 8, top_k: int = 5):
         self.embedder, self.n, self.top_k = embedder, passages_per_guild, top_k
         self.guilds: dict[str, tuple[list[Passage], object]] = {}
+        self.hidden: set[str] = set()  # chunk ids that search leaves out
+        self.last: list[Passage] = []  # what the last search found
 
-    def add_guild(self, guild: str, words_per_passage: int) -> None:
+    def add_guild(self, guild: str, words_per_passage: int, count: int | None = None) -> None:
         rng = random.Random(guild)
         passages = [Passage(f"{guild}-report.pdf", i + 1, 0.0, text(rng, words_per_passage), f"{guild}:{i}")
-                    for i in range(self.n)]
+                    for i in range(count or self.n)]
         vectors = self.embedder.encode([p.text for p in passages]) if self.embedder is not None else None
         self.guilds[guild] = (passages, vectors)
 
@@ -132,46 +133,34 @@ class GpuKnowledge:
             scores = numpy.array([len(words & set(p.text.lower().split())) for p in passages], dtype=float)
         else:
             scores = vectors @ self.embedder.encode_question(question)
-        order = scores.argsort()[::-1][:k or self.top_k]
-        return [dataclasses.replace(passages[i], score=float(scores[i])) for i in order]
+        order = [i for i in scores.argsort()[::-1] if passages[i].chunk_id not in self.hidden][:k or self.top_k]
+        self.last = [dataclasses.replace(passages[i], score=float(scores[i])) for i in order]
+        return self.last
 
 
 class NoEos:
     """The model with end-of-turn banned, so every answer runs to max_tokens.
 
-    Random weights write noise: token sequences that the tokenizer would cut differently from their
-    text, so a next turn could not reuse them from the KV cache, as it can a real model's answers (text
-    the tokenizer itself would produce). With `digits` set, answers are made of number tokens only:
-    Llama-3 cuts a run of digits into threes ("418" "027" ...), so that text tokenizes back into the
-    very tokens generated. Every other token is pushed down too, in case the random weights' logits
-    spread wider than a +100 bias. (On the H100 on 2026-12-02, llama-server still wrote "????": see
-    the README.)"""
+    Random weights write noise: tokens that the tokenizer would cut differently from their text, so a
+    next turn could not reuse them from the KV cache as it reuses a real model's answers (text the
+    tokenizer itself would produce). `prime` stands in for that: it puts the last prompt and the
+    answer's text, as the tokenizer cuts it, in the KV cache, as a real model's answer leaves them."""
 
     def __init__(self, llm):
-        self.llm, self.digits = llm, False
-        if isinstance(llm, ServerModel):
-            tokenize, n_vocab = functools.partial(llm_tokens, llm), 128256  # Llama-3's vocabulary
-        else:
-            def tokenize(text):
-                return llm.llama.tokenize(text.encode(), add_bos=False, special=False)
-            n_vocab = llm.llama.n_vocab()
-        for width in (3, 1):  # 1: tokenizers that cut digits one by one (SmolLM2)
-            singles = [t[0] for t in map(tokenize, (f"{n:0{width}d}" for n in range(10 ** width))) if len(t) == 1]
-            if len(singles) == 10 ** width:
-                self.digit_bias = {**dict.fromkeys(range(n_vocab), -100.0), **dict.fromkeys(singles, 100.0)}
-                break
+        self.llm, self.last_messages = llm, []
 
     def __getattr__(self, name):
         return getattr(self.llm, name)
 
     def stream(self, messages, max_tokens, cancel=None, **options):
-        bias = self.digit_bias if self.digits else BAN
-        return self.llm.stream(messages, max_tokens, cancel, logit_bias=bias, **options)
+        self.last_messages = messages
+        return self.llm.stream(messages, max_tokens, cancel, logit_bias=BAN, **options)
 
-
-def llm_tokens(llm: ServerModel, text: str) -> list[int]:
-    with llm._post(llm._root + "/tokenize", {"content": text}) as response:
-        return json.load(response)["tokens"]
+    def prime(self, answer: str) -> None:
+        """A one-token request on the last prompt followed by `answer` as the assistant's message (the
+        server continues it, so its tokens stay in the slot's cache)."""
+        for _ in self.llm.stream([*self.last_messages, {"role": "assistant", "content": answer}], 1):
+            pass
 
 
 def gpu_used_mib() -> float:
@@ -345,22 +334,25 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
 
     async def second_turn():
         """Passages of the product's largest chunk size here (the ~1,800-token prompt above needs bigger
-        ones). The first answer is made of numbers (NoEos.digits), text that tokenizes back into its tokens
-        as a real model's does: the second turn then prefills only the new passages and question."""
+        ones). Before the timed question, NoEos.prime leaves the first answer in the KV cache as a real
+        model's would be: the second turn then prefills only the new passages and question. Its passages
+        are all new (the first question's are hidden from search): the most a follow-up prefills."""
         results, prefilled, steps = [], [], []
         for i in range(3):
             channel = f"history-{name}-{i}"
             seed_history(memory, channel, 3000, llm.count)
-            pipeline.llm.digits = True
+            _, _, _, answer = await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
+            first_prefilled = llm.last_timings.get("prompt_n")
+            await asyncio.to_thread(pipeline.llm.prime, answer)
+            knowledge.hidden = {p.chunk_id for p in knowledge.last}
             try:
-                _, _, _, answer = await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
-                print(f"  second turn, first answer: {answer[:24]}... ({llm.last_timings.get('prompt_n')} tokens "
-                      f"prefilled)", flush=True)
+                first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
             finally:
-                pipeline.llm.digits = False
-            first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
+                knowledge.hidden = set()
             results.append(first)
             prefilled.append(llm.last_timings.get("prompt_n", float("nan")))
+            print(f"  second turn {i}: {first:.3f} s; prefilled {first_prefilled} tokens for the first question, "
+                  f"{prefilled[-1]} for the second ({llm.last_timings.get('cache_n')} reused)", flush=True)
             steps.append({step: values[-1] for step, values in SPENT.items()})
         for step in ("retrieval", "prompt"):
             FIGURES[f"{name} second turn {step} ms"] = 1000 * statistics.median(s[step] for s in steps)
@@ -384,7 +376,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
     try:
         for i in range(4):
             knowledge.add_guild(f"g-single-{i}", args.words_1800)
-            knowledge.add_guild(f"g-turn-{i}", args.words_chunk)
+            knowledge.add_guild(f"g-turn-{i}", args.words_chunk, count=10)
         first, rate = asyncio.run(single())
         FIGURES[f"{name} first"], FIGURES[f"{name} decode"] = first, rate
         FIGURES[f"{name} second turn"], FIGURES[f"{name} second turn prefilled"] = asyncio.run(second_turn())
