@@ -352,7 +352,8 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
             results.append(first)
             prefilled.append(llm.last_timings.get("prompt_n", float("nan")))
             print(f"  second turn {i}: {first:.3f} s; prefilled {first_prefilled} tokens for the first question, "
-                  f"{prefilled[-1]} for the second ({llm.last_timings.get('cache_n')} reused)", flush=True)
+                  f"{prefilled[-1]} for the second ({llm.last_timings.get('cache_n')} reused, in "
+                  f"{llm.last_timings.get('prompt_ms', float('nan')):.1f} ms)", flush=True)
             steps.append({step: values[-1] for step, values in SPENT.items()})
         for step in ("retrieval", "prompt"):
             FIGURES[f"{name} second turn {step} ms"] = 1000 * statistics.median(s[step] for s in steps)

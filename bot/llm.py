@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import functools
+import http.client
 import json
 import logging
 import math
@@ -301,8 +302,11 @@ class RemoteModel:
         if self._counter is None:
             return math.ceil(len(text) / 3)
         path, body, read = self._counter
-        with self._post(self._root + path, body(text)) as response:
-            return read(json.load(response))
+        return read(self._post_json(path, body(text)))
+
+    def _post_json(self, path: str, body: dict) -> dict:
+        with self._post(self._root + path, body) as response:
+            return json.load(response)
 
     def overhead(self, n_messages: int) -> int:
         return self._PER_MESSAGE * (n_messages + 1)
@@ -368,6 +372,7 @@ class ServerModel(RemoteModel):
         config = dataclasses.replace(config, base_url=f"http://127.0.0.1:{port}/v1",
                                      parallel=1 if self._python_server else config.parallel)
         self.config, self.port = config, port
+        self._connections = threading.local()  # each thread's kept-open connection, for token counts
         self._ensure_running()
         super().__init__(config)
 
@@ -422,6 +427,29 @@ class ServerModel(RemoteModel):
                logit_bias: dict[int, float] | None = None) -> Iterator[str]:
         self._ensure_running()
         yield from super().stream(messages, max_tokens, cancel, logit_bias)
+
+    def _post_json(self, path: str, body: dict) -> dict:
+        """A request on this thread's kept-open connection: a prompt counts several new texts before its
+        first token, and a connection each costs ~0.6 ms more per count (urllib against keep-alive)."""
+        for attempt in (1, 2):
+            connection = getattr(self._connections, "value", None)
+            if connection is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.config.request_timeout_s)
+                self._connections.value = connection
+            try:
+                connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                data = response.read()
+            except (ConnectionError, http.client.HTTPException) as e:  # closed when idle, or a restarted server
+                connection.close()
+                self._connections.value = None
+                if attempt == 2:
+                    raise ModelError(f"cannot reach the model server at {self.base} ({e})") from None
+                continue
+            if response.status != 200:
+                raise ModelError(f"the model server answered {response.status} to {path}: "
+                                 f"{data[:300].decode('utf-8', 'replace')}")
+            return json.loads(data)
 
     def describe(self) -> str:
         return f"{self.path.name} (llama-server, {self.config.parallel} slots of {self.n_ctx} tokens)"

@@ -151,6 +151,8 @@ def test_server_backend_starts_supervises_and_stops_its_server(llm):
         process.wait()
         assert "".join(model.stream(MESSAGES, 8)).strip()  # started again before answering
         assert model.restarts == 1 and model._process.pid != process.pid
+        again = "Counted on a new connection: the kept one went with the old server."
+        assert model.count(again) == llm.count(again)
     finally:
         model.close()
     assert process.poll() is not None and model._process is None
