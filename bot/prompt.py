@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,6 +48,7 @@ SHOWN_ABOVE = "Sources {numbers} above also apply to this question."
 # Chat-template control markers (<|eot_id|>, <|im_start|> ...) written by a user or a PDF must stay text.
 _MARKER = re.compile(r"<\|([^|<>\s]{1,40})\|>")
 _SOURCE_TAG = re.compile(r"</?\s*sources?\b", re.IGNORECASE)
+_COUNTING = ThreadPoolExecutor(8, thread_name_prefix="count")  # see _count_at_once
 
 
 class QuestionTooLong(ValueError):
@@ -156,9 +158,13 @@ def build(llm: LLM, persona: str, passages: Sequence, history: Sequence[Turn], a
         question_tokens = llm.count(asked)
         raise QuestionTooLong(question_tokens, max(0, question_tokens + left))
 
-    chosen = []  # counted with provisional numbers: a number's digits cost the same few tokens
-    for passage in passages:
-        cost = llm.count(source_block(Excerpt(len(chosen) + 1, passage.file, passage.page, passage.text))) + 1
+    # Counted with provisional numbers (their rank): a number's digits cost the same few tokens.
+    blocks = [source_block(Excerpt(rank, p.file, p.page, p.text)) for rank, p in enumerate(passages, 1)]
+    newest = [_user_text(history[0]), defang(history[0].answer)] if history else []
+    _count_at_once(llm, blocks + newest)  # the texts new since the channel's last prompt, as a rule
+    chosen = []
+    for passage, block in zip(passages, blocks):
+        cost = llm.count(block) + 1
         if cost <= left:
             chosen.append(passage)
             left -= cost
@@ -181,6 +187,12 @@ def build(llm: LLM, persona: str, passages: Sequence, history: Sequence[Turn], a
     used = llm.n_ctx - max_answer_tokens - margin - left
     citable = list(dict.fromkeys([e.source for e in excerpts] + [e.source for e in shown]))
     return Prompt(messages, excerpts, citable, len(kept), used, max_answer_tokens, kept[-1].exchange_id if kept else 0)
+
+
+def _count_at_once(llm: LLM, texts: list[str]) -> None:
+    """Count the texts in parallel, so that llm.count finds them in its cache: tokenizing a passage takes
+    ~1 ms, and llama.cpp tokenizes outside the GIL (llama-server on its own threads)."""
+    list(_COUNTING.map(llm.count, texts))
 
 
 def _user_text(turn: Turn, written: set[str] | None = None) -> str:
