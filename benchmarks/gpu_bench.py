@@ -291,10 +291,11 @@ async def ask(pipeline: Pipeline, guild: str, channel: str, question: str):
 
 
 def first_token_s(llm, messages) -> float:
-    started = time.perf_counter()
+    """Seconds to the first piece of a one-token answer; the stream is read to its end for its timings."""
+    started, first = time.perf_counter(), None
     for _ in llm.stream(messages, 1):
-        break
-    return time.perf_counter() - started
+        first = first or time.perf_counter()
+    return (first or time.perf_counter()) - started
 
 
 def seed_history(memory: Memory, channel: str, tokens: int, count) -> int:
