@@ -1,8 +1,9 @@
 """The language model: llama.cpp in this process (LocalModel) or an OpenAI-compatible server (RemoteModel).
 
-Both are blocking and not thread-safe; bot.scheduler runs them on one worker thread. Both offer:
+Both are blocking and not thread-safe, but for count; bot.scheduler runs them on its worker thread. Both offer:
   n_ctx                        the context size in tokens
-  count(text)                  tokens in a piece of message content (cached: the prompt builder calls it a lot)
+  count(text)                  tokens in a piece of message content (cached: the prompt builder calls it a lot,
+                               from several threads at once; tokenizing reads only the vocabulary)
   overhead(n_messages)         tokens the chat template adds around n messages
   stream(messages, max_tokens, cancel)   yields the answer's text pieces
 
