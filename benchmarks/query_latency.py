@@ -1,6 +1,7 @@
 """Query latency of KnowledgeBase.search (embed + vector + word search + fusion) at 10k and 100k chunks.
 
-    python benchmarks/query_latency.py [--sizes 10000 100000] [--queries 200]
+    python benchmarks/query_latency.py [--sizes 10000 100000] [--queries 200] [--device cpu|cuda]
+                                       [--embedder NAME_OR_DIR]
 
 Filling a store with 100k really embedded chunks would take hours on a small CPU, so the stored
 chunks are synthetic: texts drawn from the words of real PDFs (the docugami 10-Qs by default, so
@@ -64,15 +65,21 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="store to (re)use; default: a temp dir")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where questions are embedded")
+    parser.add_argument("--embedder", help="knowledge.embedding_model (default: the configured one)")
     args = parser.parse_args()
 
-    kb = KnowledgeBase(load_config(None, env={}, data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="kb-latency-"))))
+    env = {"BOT_KNOWLEDGE_EMBEDDING_DEVICE": args.device}
+    if args.embedder:
+        env["BOT_KNOWLEDGE_EMBEDDING_MODEL"] = args.embedder
+    kb = KnowledgeBase(load_config(None, env=env, data_dir=args.data_dir or Path(tempfile.mkdtemp(prefix="kb-latency-"))))
     with open(args.data / "qna_data.csv", encoding="utf-8-sig", newline="") as f:
         questions = [r["Question"] for r in csv.DictReader(f)]
     words = corpus_words(args.data)
     rng = np.random.default_rng(0)
     kb.search("warmup", "warm up the model")  # load the embedder outside the timings
-    print(f"{'chunks':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  ({args.queries} queries, k=5)")
+    print(f"{'chunks':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  ({args.queries} queries, k=5, "
+          f"embedding on {kb.embedder.model.device})")
     for size in sorted(args.sizes):
         guild = f"latency{size}"
         fill(kb, guild, size, words, kb.embedder.dimension, rng)
