@@ -23,7 +23,7 @@ import numpy as np
 from knowledge import ingest_worker, retrieval
 from knowledge.chunking import chunk_pages, number_chunks
 from knowledge.embeddings import Embedder
-from knowledge.pdf import Page, PdfError, check_pdf_bytes, extract_pages, join_shares, split_extraction, too_large_reason
+from knowledge.pdf import Page, PdfError, check_pdf_bytes, extract_pages, join_shares, too_large_reason
 from knowledge.store import Document, GuildStore, chroma_client
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,9 @@ class KnowledgeBase:
         """Ingest many files, extracting and chunking text in worker processes while this one embeds.
 
         Yields one result per file, in order. pypdf is pure Python and the slowest stage on a
-        small CPU, so it runs in parallel with embedding instead of before it; a big file is split
-        into shares of pages that several workers extract at once (on machines with the cores for
-        it); once every file is extracted, embedding takes the workers' cores too.
+        small CPU, so it runs in parallel with embedding instead of before it; on machines with the
+        cores for it, several workers extract a file at once, each taking its next page not yet
+        taken; once every file is extracted, embedding takes the workers' cores too.
         """
         todo: list[IngestResult | tuple[str, bytes, str]] = []  # a result already, or (name, data, sha256)
         for path in paths:
@@ -133,13 +133,17 @@ class KnowledgeBase:
                 else:
                     todo.append((path.name, data, sha))
         files = [item for item in todo if not isinstance(item, IngestResult)]
-        cores = max(1, (os.cpu_count() or 2) - 1)
-        shares = split_extraction([len(data) for _, data, _ in files], cores)
-        with ProcessPoolExecutor(max(1, min(cores, sum(shares))), mp_context=_worker_processes(),
-                                 initializer=ingest_worker.start, initargs=(self.embedder.tokenizer_json(),)) as pool:
-            jobs = [[pool.submit(ingest_worker.extract_and_chunk, data, self.max_bytes, self.config.max_pages, i, n,
-                                 self.config.chunk_tokens, self.config.chunk_overlap_tokens) for i in range(n)]
-                    for (_, data, _), n in zip(files, shares)]
+        workers = max(1, (os.cpu_count() or 2) - 1)
+        per_file = ingest_worker.jobs_per_file(len(files), workers)
+        context = _worker_processes()
+        taken = (context.Lock(), context.RawArray("q", len(files)), context.RawArray("q", len(files)))
+        with ProcessPoolExecutor(max(1, min(workers, len(files) * per_file)), mp_context=context,
+                                 initializer=ingest_worker.start, initargs=(self.embedder.tokenizer_json(), *taken)) as pool:
+            # A file's jobs are queued together, so files finish in order; a job that starts after the
+            # others took every page of its file returns at once.
+            jobs = [[pool.submit(ingest_worker.extract_and_chunk, f, data, self.max_bytes, self.config.max_pages,
+                                 self.config.chunk_tokens, self.config.chunk_overlap_tokens) for _ in range(per_file)]
+                    for f, (_, data, _) in enumerate(files)]
 
             def cores_free() -> bool:
                 return all(job.done() for file_jobs in jobs for job in file_jobs)
@@ -159,12 +163,12 @@ class KnowledgeBase:
                 except PdfError as e:
                     yield IngestResult(name, "refused", reason=str(e), seconds=max(seconds))
                     continue
-                # Pages are dealt to the shares in turn; a stable sort by page puts the chunks back in order.
+                # Workers took the pages in turns; a stable sort by page puts the chunks back in order.
                 pieces = None if done[0].pieces is None else sorted(
                     (piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
                 result = self.add_pages(guild, name, sha, len(data), pages, progress, cores_free=cores_free, pieces=pieces)
-                # The file's own time: its slowest share, then embedding and storing (not the wait before:
-                # that is other files' work or the same share's). extract: work in the workers, chunking included.
+                # The file's own time: its slowest worker, then embedding and storing (not the wait before:
+                # that is other files' work). extract: work in the workers, chunking included.
                 timings = dict(result.timings, extract=sum(seconds))
                 yield dataclasses.replace(result, seconds=result.seconds + max(seconds), timings=timings)
 

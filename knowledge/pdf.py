@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import pypdf
 from pypdf.errors import FileNotDecryptedError, LimitReachedError, PdfReadError, PyPdfError
@@ -14,7 +15,6 @@ from pypdf.errors import FileNotDecryptedError, LimitReachedError, PdfReadError,
 # size limit (checked before parsing) bounds memory.
 _ARRAY_LIMIT = 1_000_000
 _MIN_TEXT_CHARS = 20  # a document with less text than this in total is treated as scanned
-_MIN_SHARE_BYTES = 64 * 1024  # a file is split into shares of at least this size (split_extraction)
 
 
 class PdfError(ValueError):
@@ -42,11 +42,13 @@ def too_large_reason(size: int, max_bytes: int) -> str:
     return f"the file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:g} MB limit"
 
 
-def extract_pages(data: bytes, max_bytes: int, max_pages: int, share: int = 0, shares: int = 1) -> list[Page]:
+def extract_pages(data: bytes, max_bytes: int, max_pages: int,
+                  claim: Callable[[int], int | None] | None = None) -> list[Page]:
     """Return the non-empty pages of a PDF, or raise PdfError with a reason a user can act on.
 
-    With shares > 1, only pages share+1, share+1+shares, ...: several processes can then extract one
-    big file at once (see split_extraction), and join_shares puts the pages back together.
+    claim lets several processes extract one file at once (knowledge.ingest_worker): called with the
+    page count, it returns the index of the next page this process takes, or None once every page is
+    taken. Only those pages are returned, and join_shares puts the processes' pages back together.
     """
     check_pdf_bytes(data, max_bytes)
     with pypdf.apply_configuration(array_maximum_element_count=_ARRAY_LIMIT):
@@ -59,7 +61,8 @@ def extract_pages(data: bytes, max_bytes: int, max_pages: int, share: int = 0, s
                 raise PdfError("the PDF has no pages")
             if count > max_pages:
                 raise PdfError(f"the PDF has {count} pages, over the {max_pages}-page limit")
-            pages = [Page(i + 1, clean_text(reader.pages[i].extract_text() or "")) for i in range(share, count, shares)]
+            indexes = range(count) if claim is None else iter(lambda: claim(count), None)
+            pages = [Page(i + 1, clean_text(reader.pages[i].extract_text() or "")) for i in indexes]
         except PdfError:
             raise
         except FileNotDecryptedError:
@@ -70,7 +73,7 @@ def extract_pages(data: bytes, max_bytes: int, max_pages: int, share: int = 0, s
             # pypdf raises many types on damaged files; all mean the same to a user.
             raise PdfError(f"the PDF is damaged or truncated ({type(e).__name__})") from None
     pages = [p for p in pages if p.text]
-    return pages if shares > 1 else join_shares([pages])
+    return pages if claim is not None else join_shares([pages])
 
 
 def join_shares(shares: list[list[Page]]) -> list[Page]:
@@ -79,19 +82,6 @@ def join_shares(shares: list[list[Page]]) -> list[Page]:
     if sum(len(p.text) for p in pages) < _MIN_TEXT_CHARS:
         raise PdfError("no extractable text (a scanned PDF? run OCR on it first)")
     return pages
-
-
-def split_extraction(sizes: list[int], workers: int) -> list[int]:
-    """Into how many shares to split each file's extraction, so that `workers` processes finish together.
-
-    One big file would otherwise keep a single core busy while the others wait. Work is taken to grow
-    with file size; each file gets shares of about 1/(2 * workers) of the total bytes, and of at least
-    _MIN_SHARE_BYTES: every share parses the file's structure again, so small files stay whole.
-    """
-    if workers <= 1 or not sizes:
-        return [1] * len(sizes)
-    share_bytes = max(sum(sizes) / (2 * workers), _MIN_SHARE_BYTES)
-    return [max(1, min(workers, round(size / share_bytes))) for size in sizes]
 
 
 def _open_with_empty_password(reader: pypdf.PdfReader) -> bool:

@@ -88,14 +88,10 @@ def test_ingest_paths_keeps_going_after_a_bad_file(kb, tmp_path):
 
 
 def test_a_big_file_extracted_by_several_workers_is_stored_whole(kb, tmp_path, monkeypatch):
-    from knowledge.pdf import split_extraction
-
-    monkeypatch.setattr("os.cpu_count", lambda: 4)  # as on a bigger machine: 3 workers share the file
-    monkeypatch.setattr("knowledge.pdf._MIN_SHARE_BYTES", 1)  # so that a test-sized file is "big"
+    monkeypatch.setattr("os.cpu_count", lambda: 4)  # as on a bigger machine: 3 workers share each file
     report = make_pdf([f"Section {n}\nQuarterly revenue of segment {n} grew {n}%." for n in range(1, 10)])
     (tmp_path / "report.pdf").write_bytes(report)
     (tmp_path / "small.pdf").write_bytes(RECIPES[:-300])  # truncated: refused, the other file still added
-    assert split_extraction([len(report), len(RECIPES) - 300], 3)[0] == 3
     results = list(kb.ingest_paths(GUILD, [tmp_path / "report.pdf", tmp_path / "small.pdf"]))
     assert [(r.file, r.status, r.pages) for r in results] == [("report.pdf", "added", 9), ("small.pdf", "refused", 0)]
     assert "damaged" in results[1].reason
@@ -108,7 +104,6 @@ def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypat
     monkeypatch.setattr("os.cpu_count", lambda: 4)  # 3 workers share the file, each chunking its pages
     if not fast_tokenizer:  # as with a model whose tokenizer cannot be sent to workers: the main process chunks
         monkeypatch.setattr(kb.embedder, "tokenizer_json", lambda: None)
-    monkeypatch.setattr("knowledge.pdf._MIN_SHARE_BYTES", 1)
     rows = [f"Segment {n} | revenue {n * 1.5:,.1f} | margin {n % 7}% | outlook: steady growth, café ±{n}" for n in range(40)]
     report = make_pdf(["\n".join(rows[i:i + 20]) for i in range(0, 40, 10)] * 2)  # pages of several chunks each
     (tmp_path / "report.pdf").write_bytes(report)
@@ -122,6 +117,41 @@ def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypat
     assert [stored[0][i].page for i in ids] == sorted(stored[0][i].page for i in ids)
 
 
+def test_workers_take_each_page_once_and_skip_a_file_already_taken_or_refused(monkeypatch):
+    import multiprocessing
+    import threading
+
+    from knowledge import ingest_worker
+
+    for name in ("_tokenizer", "_lock", "_next_page", "_page_count"):
+        monkeypatch.setattr(ingest_worker, name, None)  # start() sets them: restored after the test
+    ingest_worker.start(None, multiprocessing.Lock(), multiprocessing.RawArray("q", 2), multiprocessing.RawArray("q", 2))
+    report = make_pdf([f"Page {n}: segment revenue grew {n}%." for n in range(1, 41)])
+    shares = []
+    jobs = [threading.Thread(target=lambda: shares.append(ingest_worker.extract_and_chunk(0, report, 10**6, 100, 200, 0)))
+            for _ in range(3)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    taken = sorted(page.number for share in shares for page in share.pages)
+    assert taken == list(range(1, 41))  # every page once, whichever worker took it
+    late = ingest_worker.extract_and_chunk(0, b"", 10**6, 100, 200, 0)  # would be refused if it opened the file
+    assert (late.pages, late.reason) == ([], "")
+    assert "damaged" in ingest_worker.extract_and_chunk(1, RECIPES[:-300], 10**6, 100, 200, 0).reason
+    assert ingest_worker.extract_and_chunk(1, RECIPES[:-300], 10**6, 100, 200, 0).reason == ""  # told once
+
+
+def test_every_worker_takes_part_in_a_lone_file_and_at_least_four_in_each_of_many():
+    from knowledge.ingest_worker import jobs_per_file
+
+    assert jobs_per_file(1, 15) == 15
+    assert jobs_per_file(3, 15) == 5
+    assert jobs_per_file(20, 15) == 4
+    assert jobs_per_file(20, 3) == 3
+    assert jobs_per_file(20, 1) == jobs_per_file(0, 15) == 1
+
+
 def test_worker_counts_tokens_as_the_embedding_model(embedder, monkeypatch):
     from knowledge import ingest_worker
     from knowledge.embeddings import Embedder
@@ -129,7 +159,7 @@ def test_worker_counts_tokens_as_the_embedding_model(embedder, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # start() changes both: restored after the test
     monkeypatch.setattr(ingest_worker, "_tokenizer", None)
     unloaded = Embedder(embedder.model_name)
-    ingest_worker.start(unloaded.tokenizer_json())  # from the model's files, before the model loads
+    ingest_worker.start(unloaded.tokenizer_json(), None, None, None)  # from the model's files, before the model loads
     assert unloaded._model is None
     texts = ["Net revenue | $ 52,857 | 49,360", "Übersicht: Umsatzerlöse ±3.2 %", "x" * 900, ""]
     assert ingest_worker.count_tokens(texts) == embedder.count_tokens(texts)

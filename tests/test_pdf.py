@@ -1,6 +1,8 @@
+import itertools
+
 import pytest
 
-from knowledge.pdf import PdfError, extract_pages, join_shares, split_extraction
+from knowledge.pdf import PdfError, extract_pages, join_shares
 from tests.pdfs import encrypt, make_pdf
 
 MB = 1_000_000
@@ -57,20 +59,18 @@ def test_array_over_pypdf_default_limit_is_read():
     assert read(pdf, max_bytes=10 * MB)[0].text == "Readable text despite a huge array"
 
 
+def every_third(first: int):
+    """A claim function as three workers taking turns would have: pages first, first + 3, ..."""
+    pages = itertools.count(first, 3)
+    return lambda count: page if (page := next(pages)) < count else None
+
+
 def test_a_file_extracted_in_shares_joins_to_the_whole():
     data = make_pdf([f"Page {n} of the annual report" if n != 4 else "" for n in range(1, 8)])
     whole = read(data)
-    shares = [extract_pages(data, MB, 100, share, 3) for share in range(3)]
+    shares = [extract_pages(data, MB, 100, every_third(first)) for first in range(3)]
     assert [p.number for p in shares[0]] == [1, 7]  # pages 1, 4 (empty), 7
     assert join_shares(shares) == whole
     with pytest.raises(PdfError, match="no extractable text"):
         scanned = make_pdf(["", "", ""], drawing_only=True)
-        join_shares([extract_pages(scanned, MB, 100, share, 2) for share in range(2)])
-
-
-def test_big_files_are_split_between_workers_and_small_ones_stay_whole():
-    assert split_extraction([5_000_000, 100_000, 100_000], workers=1) == [1, 1, 1]
-    shares = split_extraction([5_000_000, 100_000, 100_000], workers=15)
-    assert shares[0] == 15 and shares[1:] == [1, 1]
-    assert split_extraction([1_000_000] * 30, workers=15) == [1] * 30
-    assert split_extraction([20_000], workers=15) == [1]  # a lone small file is not worth more processes
+        join_shares([extract_pages(scanned, MB, 100, every_third(first)) for first in range(3)])
