@@ -132,8 +132,9 @@ class GuildStore:
 
     def vector_search(self, embedding: np.ndarray, n: int) -> list[tuple[str, float]]:
         """(chunk_id, cosine similarity), best first; vectors of uncommitted documents are skipped."""
-        if n <= 0 or self._collection.count() == 0:
+        if n <= 0:
             return []
+        # No count() first: an empty collection answers with no ids, and a count cost 1.5 ms a question.
         result = self._collection.query(query_embeddings=[embedding.tolist()], n_results=n, include=["distances"])
         live = self.chunks(result["ids"][0])  # only chunks of committed documents are in SQLite
         return [(cid, 1.0 - d) for cid, d in zip(result["ids"][0], result["distances"][0]) if cid in live]
