@@ -1,6 +1,6 @@
 """Retrieval quality: document hit@5 on a folder of PDFs with questions, ours vs. a baseline.
 
-    python benchmarks/retrieval_quality.py [--data ../shared/data/rag-dev/docugami_sec10q]
+    python benchmarks/retrieval_quality.py [--data ../shared/data/rag-dev/docugami_sec10q] [--hide-file-names]
 
 The folder holds docs/*.pdf and qna_data.csv (columns Question, Source Docs, Question Type).
 All PDFs go into ONE knowledge base. A question scores a hit when one of the top-5 passages comes
@@ -9,6 +9,9 @@ from a file matching its `Source Docs` glob. The baseline is retrieval "as Open 
 
 Questions are split in two by a hash of their text: `tune` (about 40%, used to choose the
 settings) and `report` (the rest, never looked at while tuning). Both are printed.
+
+--hide-file-names ingests the PDFs as document-NN.pdf in a shuffled order, so that only their text
+can say which company and quarter each is (hits are still scored on the real names).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import csv
 import fnmatch
 import hashlib
+import random
 import sys
 import tempfile
 import time
@@ -106,11 +110,19 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="knowledge base to (re)use; default: a temp dir")
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--show-misses", action="store_true")
+    parser.add_argument("--hide-file-names", action="store_true", help="ingest the PDFs as document-NN.pdf")
     args = parser.parse_args()
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="kb-bench-"))
     kb = KnowledgeBase(load_config(None, env={}, data_dir=data_dir))
     pdfs = sorted((args.data / "docs").glob("*.pdf"))
+    real_name = {pdf.name: pdf.name for pdf in pdfs}
+    if args.hide_file_names:
+        hidden = Path(tempfile.mkdtemp(prefix="kb-bench-docs-"))
+        for i, pdf in enumerate(random.Random(0).sample(pdfs, len(pdfs)), 1):
+            (hidden / f"document-{i:02d}.pdf").symlink_to(pdf.resolve())
+            real_name[f"document-{i:02d}.pdf"] = pdf.name
+        pdfs = sorted(hidden.glob("*.pdf"))
     started = time.perf_counter()
     results = list(kb.ingest_paths("bench", pdfs))
     refused = [r for r in results if r.status == "refused"]
@@ -123,14 +135,14 @@ def main() -> None:
     rows = load_questions(args.data)
     for r in rows:
         r["split"] = split_of(r["q"])
-        files = [p.file for p in kb.search("bench", r["q"], K)]
+        files = [real_name[p.file] for p in kb.search("bench", r["q"], K)]
         r["ours"] = hit(files, r["glob"])
         r["files"] = files
     if not args.no_baseline:
         search, n = baseline_retriever(kb, pdfs)
         print(f"baseline: {n} chunks of 1,000 characters")
         for r in rows:
-            r["baseline"] = hit(search(r["q"]), r["glob"])
+            r["baseline"] = hit([real_name[f] for f in search(r["q"])], r["glob"])
         report("baseline", rows, "baseline")
     report("ours", rows, "ours")
     if args.show_misses:
