@@ -241,6 +241,7 @@ class KnowledgeBase:
         vector_hits = store.vector_search(self.embedder.encode_question(question), _CANDIDATES)
         lexical_hits = lexical.result()
         stored = store.chunks(retrieval.unique(cid for cid, _ in [*vector_hits, *lexical_hits]))
+        vector_hits = [hit for hit in vector_hits if hit[0] in stored]  # vectors of uncommitted documents out
         doc_of = {cid: c.doc_id for cid, c in stored.items()}
         doc_scores = self._router(store).scores(question)
         ranked = retrieval.fuse(vector_hits, lexical_hits, doc_of, doc_scores, retrieval.DOC_WEIGHT)

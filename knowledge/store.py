@@ -131,13 +131,14 @@ class GuildStore:
         return self._db().execute("SELECT COALESCE(SUM(chunks), 0) FROM documents").fetchone()[0]
 
     def vector_search(self, embedding: np.ndarray, n: int) -> list[tuple[str, float]]:
-        """(chunk_id, cosine similarity), best first; vectors of uncommitted documents are skipped."""
+        """(chunk_id, cosine similarity), best first. Vectors of a document not committed yet (or being
+        swept) may be among them: only chunks() of committed documents, which the caller reads anyway,
+        tells them apart."""
         if n <= 0:
             return []
         # No count() first: an empty collection answers with no ids, and a count cost 1.5 ms a question.
         result = self._collection.query(query_embeddings=[embedding.tolist()], n_results=n, include=["distances"])
-        live = self.chunks(result["ids"][0])  # only chunks of committed documents are in SQLite
-        return [(cid, 1.0 - d) for cid, d in zip(result["ids"][0], result["distances"][0]) if cid in live]
+        return [(cid, 1.0 - d) for cid, d in zip(result["ids"][0], result["distances"][0])]
 
     def lexical_search(self, terms: Sequence[str], n: int) -> list[tuple[str, float]]:
         """(chunk_id, BM25 score; higher is better), best first, for passages holding any of the terms.
