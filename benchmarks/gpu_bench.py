@@ -25,7 +25,7 @@ Rows (flash attention on everywhere, end-of-turn tokens banned so every answer h
   ranked against the channel's passages in numpy. The Chroma + SQLite FTS5 lookup is NOT in these
   first-token figures; benchmarks/query_latency.py measures it on a CPU machine.
 - Ingestion: benchmarks/ingest_speed.py over the PDFs given, in its own process: the product's
-  KnowledgeBase.ingest_paths end to end (pypdf and chunking in worker processes, Embedder on the GPU in
+  KnowledgeBase.ingest_paths end to end (PDFium and chunking in worker processes, Embedder on the GPU in
   float16, Chroma + SQLite). It needs chromadb importable (its wheels among DIST_DIR's).
   With --embedder a directory holding all-MiniLM-L6-v2's config and tokenizer without weights,
   weights of the same shapes are made up (speed does not depend on their values).
@@ -466,7 +466,7 @@ def engine_local(args, data_dir: Path, knowledge) -> None:
 def ingestion(args, embedder) -> None:
     """benchmarks/ingest_speed.py in its own process (ingestion workers import the main module again, and
     this one's imports would slow each of them): KnowledgeBase.ingest_paths end to end into a fresh
-    knowledge base, pypdf and chunking in worker processes, embedding on the GPU, Chroma + SQLite."""
+    knowledge base, PDFium and chunking in worker processes, embedding on the GPU, Chroma + SQLite."""
     if not args.pdfs:
         row("ingestion", "no PDFs given (--pdfs)")
         return
@@ -545,7 +545,7 @@ def table(args) -> str:
         extra = (f("server memory np16 c8192") - f("server memory np1 c8192")) / 15
         add("each extra parallel 8k sequence (llama-server -np 16 vs -np 1)", "",
             f"{extra:,.0f} MiB ({fmt('server memory np16 c8192', ',.0f')} MiB at -np 16)", "report")
-    add("ingestion, end to end: pypdf + chunking in workers, embedding on the GPU, storing in Chroma + SQLite", "",
+    add("ingestion, end to end: PDFium + chunking in workers, embedding on the GPU, storing in Chroma + SQLite", "",
         f"{fmt('ingest pages/s', '.1f')} pages/s, {fmt('ingest chunks/s', '.0f')} chunks/s ({fmt('ingest pages', '.0f')} pages, "
         f"{fmt('ingest chunks', '.0f')} chunks, {fmt('ingest files', '.0f')} files, {fmt('ingest workers', '.0f')} workers); "
         f"embedding {fmt('ingest embed chunks/s', ',.0f')} chunks/s, storing {fmt('ingest store chunks/s', ',.0f')} chunks/s",

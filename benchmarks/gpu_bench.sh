@@ -10,14 +10,14 @@
 #   llama_cpp_python-0.3.36.tar.gz   the sdist (or a trimmed llama-src.tar.xz of the same tree: without
 #                                    vendor/llama.cpp/{docs,media,benches} and the models/*.gguf other
 #                                    than ggml-vocab-llama-bpe.gguf, it fits a 64 MiB upload)
-#   *.whl                            gguf, diskcache, pypdf (pure-Python wheels); for the ingestion row,
+#   *.whl                            gguf, diskcache (pure Python), pypdfium2; for the ingestion row,
 #                                    chromadb and those of its dependencies the machine lacks
 #   minilm/ (optional)               all-MiniLM-L6-v2's config + tokenizer files; without
 #                                    model.safetensors, same-shape weights are made up (speed only)
 #   pdfs/ (optional)                 PDFs for the ingestion row
 # Prepare it:
 #   pip download --no-deps --no-binary=:all: llama-cpp-python==0.3.36 -d DIST_DIR
-#   pip download --no-deps gguf diskcache pypdf -d DIST_DIR
+#   pip download --no-deps gguf diskcache pypdfium2 -d DIST_DIR
 #   pip download chromadb -d DIST_DIR   (then drop the wheels the GPU machine already has)
 #
 # Work files (build, Python packages, the 4.92 GB synthetic model) go to $GPU_BENCH_WORK

@@ -4,7 +4,7 @@
                                       [--batch-size N] [--json OUT.json]
 
 Prints pages/s for the whole run (what a user waits for), and the time spent in each stage:
-extraction and chunking (pypdf, in worker processes, overlapping the other stages), embedding and
+extraction and chunking (PDFium, in worker processes, overlapping the other stages), embedding and
 storing (Chroma + SQLite) in the main process. benchmarks/gpu_bench.py runs it for its ingestion row.
 
 The project is imported inside main(): every ingestion worker imports this script again

@@ -1,7 +1,7 @@
 """The one service the Discord cogs call: answers, knowledge, memory, personas, safety settings and status.
 
 Keys are plain strings: a guild id (or DM_GUILD), and a channel id (a thread is its own channel).
-Every blocking call (pypdf, embeddings, Chroma, SQLite) runs in a thread here, off the event loop;
+Every blocking call (PDF reading, embeddings, Chroma, SQLite) runs in a thread here, off the event loop;
 the model runs on the pipeline's own worker thread.
 """
 

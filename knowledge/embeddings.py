@@ -92,7 +92,7 @@ class Embedder:
             # shapes. PyTorch's other attention kernels need no plan. (Process-wide: the flags are global.)
             torch.backends.cuda.enable_cudnn_sdp(False)
         else:
-            # Half the cores: the rest stay free for pypdf workers and llama.cpp. PyTorch's threads
+            # Half the cores: the rest stay free for PDF workers and llama.cpp. PyTorch's threads
             # spin while they wait for each other, so one core too many is ruinous: on 2 busy cores,
             # embedding one question took 545 ms with 2 threads and 25 ms with 1.
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))

