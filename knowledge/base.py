@@ -1,6 +1,6 @@
 """The knowledge base of every server: add, list, remove PDFs and search them.
 
-All methods are blocking (pypdf, embeddings, SQLite, Chroma); async callers run them with
+All methods are blocking (PDF reading, embeddings, SQLite, Chroma); async callers run them with
 asyncio.to_thread so the event loop stays free.
 """
 
@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,7 +24,7 @@ import numpy as np
 from knowledge import ingest_worker, retrieval
 from knowledge.chunking import chunk_pages, number_chunks
 from knowledge.embeddings import Embedder
-from knowledge.pdf import Page, PdfError, check_pdf_bytes, extract_pages, join_shares, too_large_reason
+from knowledge.pdf import Page, PdfError, check_pdf_bytes, join_shares, too_large_reason
 from knowledge.store import Document, GuildStore, chroma_client
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ Progress = Callable[[str, int, int], None]  # (file, pages embedded so far, page
 
 _PROFILE_WORDS = 120  # words of the first page that, with the file name, say what a document is
 _CANDIDATES = 60  # passages taken from each of vector and word search before fusing
+_WORKER_DIED = ("the PDF reader crashed or ran out of memory (on this file, or another read with it); "
+                "nothing was stored for it")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Passage:
 def _worker_processes() -> multiprocessing.context.BaseContext:
     """How ingestion starts its workers. Never by forking this process, which holds torch's and Chroma's
     threads. Where it exists (Linux, macOS), forkserver: workers are forked from a small server that
-    imported pypdf once, where spawn starts a new interpreter for each, one after the other. 13 filings
+    imported the PDF reader once, where spawn starts a new interpreter for each, one after the other. 13 filings
     on the H100 machine (15 workers): 11-12 s with spawn, 5.4-6.5 s with forkserver.
     Either way each worker imports the main module again (multiprocessing does): keep it light."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
@@ -95,49 +98,56 @@ class KnowledgeBase:
 
     def ingest(self, guild: str, name: str, data: bytes, progress: Progress | None = None) -> IngestResult:
         """Add one PDF. Never raises for a bad file: the result says why it was refused."""
-        started = time.perf_counter()
-        name = Path(name).name
-        try:
-            check_pdf_bytes(data, self.max_bytes)
-            sha = hashlib.sha256(data).hexdigest()
-            store = self.store(guild)
-            old = store.document(name)
-            if old is not None and old.sha256 == sha:
-                return IngestResult(name, "unchanged", old.pages, old.chunks, time.perf_counter() - started)
-            pages = extract_pages(data, self.max_bytes, self.config.max_pages)
-        except PdfError as e:
-            return IngestResult(name, "refused", reason=str(e), seconds=time.perf_counter() - started)
-        extracted = time.perf_counter()
-        return self.add_pages(guild, name, sha, len(data), pages, progress, started, extracted)
+        return next(self._ingest(guild, [(Path(name).name, data)], progress))
 
     def ingest_paths(self, guild: str, paths: list[Path], progress: Progress | None = None) -> Iterator[IngestResult]:
-        """Ingest many files, extracting and chunking text in worker processes while this one embeds.
-
-        Yields one result per file, in order. pypdf is pure Python and the slowest stage on a
-        small CPU, so it runs in parallel with embedding instead of before it; on machines with the
-        cores for it, several workers extract a file at once, each taking its next page not yet
-        taken; once every file is extracted, embedding takes the workers' cores too.
-        """
-        todo: list[IngestResult | tuple[str, bytes, str]] = []  # a result already, or (name, data, sha256)
+        """Add many PDFs; yields one result per file, in order."""
+        items: list[IngestResult | tuple[str, bytes]] = []
         for path in paths:
             if not path.is_file():
-                todo.append(IngestResult(path.name, "refused", reason="no such file"))
+                items.append(IngestResult(path.name, "refused", reason="no such file"))
             elif (size := path.stat().st_size) > self.max_bytes:  # refused before reading it into memory
-                todo.append(IngestResult(path.name, "refused", reason=too_large_reason(size, self.max_bytes)))
+                items.append(IngestResult(path.name, "refused", reason=too_large_reason(size, self.max_bytes)))
             else:
-                data = path.read_bytes()
-                sha = hashlib.sha256(data).hexdigest()
-                old = self.store(guild).document(path.name)
-                if old is not None and old.sha256 == sha:
-                    todo.append(IngestResult(path.name, "unchanged", old.pages, old.chunks))
-                else:
-                    todo.append((path.name, data, sha))
+                items.append((path.name, path.read_bytes()))
+        return self._ingest(guild, items, progress)
+
+    def _ingest(self, guild: str, items: list[IngestResult | tuple[str, bytes]],
+                progress: Progress | None) -> Iterator[IngestResult]:
+        """Extract and chunk text in worker processes while this one embeds and stores.
+
+        Workers keep PDFium (native code reading untrusted files) out of the bot's process: a file that
+        crashes it or exhausts memory kills a worker, and the file is refused. Text extraction runs in
+        parallel with embedding instead of before it; on machines with the cores for it, several
+        workers extract a file at once, each taking its next page not yet taken; once every file is
+        extracted, embedding takes the workers' cores too.
+        """
+        todo: list[IngestResult | tuple[str, bytes, str]] = []  # a result already, or (name, data, sha256)
+        for item in items:
+            if isinstance(item, IngestResult):
+                todo.append(item)
+                continue
+            name, data = item
+            try:
+                check_pdf_bytes(data, self.max_bytes)  # empty, too large, not a PDF: no worker needed
+            except PdfError as e:
+                todo.append(IngestResult(name, "refused", reason=str(e)))
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            old = self.store(guild).document(name)
+            if old is not None and old.sha256 == sha:
+                todo.append(IngestResult(name, "unchanged", old.pages, old.chunks))
+            else:
+                todo.append((name, data, sha))
         files = [item for item in todo if not isinstance(item, IngestResult)]
+        if not files:
+            yield from todo
+            return
         workers = max(1, (os.cpu_count() or 2) - 1)
         per_file = ingest_worker.jobs_per_file(len(files), workers)
         context = _worker_processes()
         taken = (context.Lock(), context.RawArray("q", len(files)), context.RawArray("q", len(files)))
-        with ProcessPoolExecutor(max(1, min(workers, len(files) * per_file)), mp_context=context,
+        with ProcessPoolExecutor(min(workers, len(files) * per_file), mp_context=context,
                                  initializer=ingest_worker.start, initargs=(self.embedder.tokenizer_json(), *taken)) as pool:
             # A file's jobs are queued together, so files finish in order; a job that starts after the
             # others took every page of its file returns at once.
@@ -154,7 +164,11 @@ class KnowledgeBase:
                     yield item
                     continue
                 name, data, sha = item
-                done: list[ingest_worker.Share] = [job.result() for job in next(file_jobs)]
+                try:
+                    done: list[ingest_worker.Share] = [job.result() for job in next(file_jobs)]
+                except BrokenProcessPool:  # a worker died; which file killed it cannot be told apart
+                    yield IngestResult(name, "refused", reason=_WORKER_DIED)
+                    continue
                 seconds = [share.seconds for share in done]
                 try:
                     if reason := next((share.reason for share in done if share.reason), ""):
@@ -166,20 +180,21 @@ class KnowledgeBase:
                 # Workers took the pages in turns; a stable sort by page puts the chunks back in order.
                 pieces = None if done[0].pieces is None else sorted(
                     (piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
-                result = self.add_pages(guild, name, sha, len(data), pages, progress, cores_free=cores_free, pieces=pieces)
+                result = self._add_pages(guild, name, sha, len(data), pages, progress, cores_free=cores_free, pieces=pieces)
                 # The file's own time: its slowest worker, then embedding and storing (not the wait before:
                 # that is other files' work). extract: work in the workers, chunking included.
                 timings = dict(result.timings, extract=sum(seconds))
-                yield dataclasses.replace(result, seconds=result.seconds + max(seconds), timings=timings)
+                result = dataclasses.replace(result, seconds=result.seconds + max(seconds), timings=timings)
+                log.info("guild %s: %s %s, %d pages, %d chunks in %.1fs", guild, result.status, name,
+                         result.pages, result.chunks, result.seconds)
+                yield result
 
-    def add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
-                  progress: Progress | None = None, started: float | None = None,
-                  extracted: float | None = None, cores_free: Callable[[], bool] = lambda: False,
+    def _add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
+                  progress: Progress | None = None, cores_free: Callable[[], bool] = lambda: False,
                   pieces: list[tuple[int, str]] | None = None) -> IngestResult:
         """Chunk (unless workers did: pieces, as (page number, text)), embed and store pages already
         extracted. cores_free() says whether embedding may use every core (nothing else of ours is busy)."""
-        started = started or time.perf_counter()
-        extracted = extracted or started
+        started = time.perf_counter()
         store = self.store(guild)
         replaced = store.document(name) is not None
         doc_id = hashlib.sha256(f"{name}\0{sha}".encode()).hexdigest()[:20]
@@ -196,9 +211,7 @@ class KnowledgeBase:
         profile = f"{label}\n" + " ".join(pages[0].text.split()[:_PROFILE_WORDS])
         store.add_document(name, sha, size, len(pages), profile, chunks, search_texts, embeddings)
         done = time.perf_counter()
-        timings = {"extract": extracted - started, "embed": embedded - extracted, "store": done - embedded}
-        log.info("guild %s: %s %s, %d pages, %d chunks in %.1fs", guild, "replaced" if replaced else "added",
-                 name, len(pages), len(chunks), done - started)
+        timings = {"embed": embedded - started, "store": done - embedded}
         return IngestResult(name, "replaced" if replaced else "added", len(pages), len(chunks), done - started,
                             timings=timings)
 

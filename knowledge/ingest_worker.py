@@ -1,17 +1,19 @@
-"""What ingestion's worker processes run: pypdf extraction and chunking of one file's pages.
+"""What ingestion's worker processes run: PDF text extraction and chunking of one file's pages.
 
 Several workers may extract one file at once: each takes the file's next page not yet taken, so they
-finish together however uneven the pages are (pypdf read one 10-Q at 24 pages/s and another, of
-glyph-by-glyph text, at 5). Workers import pypdf and the tokenizers library only (knowledge.base would
+finish together however uneven the pages are (PDFium read one 10-Q at 320 pages/s and another, of
+glyph-by-glyph text, at 110). Workers import PDFium and the tokenizers library only (knowledge.base would
 bring Chroma and torch: ~1 s of CPU per worker). Chunking here rather than in the main process leaves
-that one free to feed the embedding model: on the H100 machine it spent ~1.8 s of a 5.6 s run cutting chunks.
-"""
+that one free to feed the embedding model: on the H100 machine it spent ~1.8 s of a 5.6 s run cutting chunks."""
 
 from __future__ import annotations
 
 import functools
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -39,6 +41,7 @@ def start(tokenizer_json: str | None, lock, next_page, page_count) -> None:
     and the embedding model's own tokenizer to measure chunks with. Without one (a model with a slow
     tokenizer only), workers extract and the main process chunks."""
     global _tokenizer, _lock, _next_page, _page_count
+    _exit_with_parent()
     _lock, _next_page, _page_count = lock, next_page, page_count
     if tokenizer_json is None:
         return
@@ -48,6 +51,15 @@ def start(tokenizer_json: str | None, lock, next_page, page_count) -> None:
     _tokenizer = Tokenizer.from_str(tokenizer_json)
     _tokenizer.no_truncation()
     _tokenizer.no_padding()
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the process that asked for it ends. Idle workers otherwise wait on their
+    queue forever once the bot or the CLI is killed during an ingestion."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (multiprocessing.connection.wait([parent.sentinel]), os._exit(1)),
+                         daemon=True).start()
 
 
 def count_tokens(texts: Sequence[str]) -> list[int]:

@@ -1,3 +1,5 @@
+import multiprocessing
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,15 +101,14 @@ def test_a_big_file_extracted_by_several_workers_is_stored_whole(kb, tmp_path, m
     assert (passage.file, passage.page) == ("report.pdf", 7) and "grew 7%" in passage.text
 
 
-@pytest.mark.parametrize("fast_tokenizer", [True, False])
-def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypatch, fast_tokenizer):
+def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 4)  # 3 workers share the file, each chunking its pages
-    if not fast_tokenizer:  # as with a model whose tokenizer cannot be sent to workers: the main process chunks
-        monkeypatch.setattr(kb.embedder, "tokenizer_json", lambda: None)
     rows = [f"Segment {n} | revenue {n * 1.5:,.1f} | margin {n % 7}% | outlook: steady growth, café ±{n}" for n in range(40)]
     report = make_pdf(["\n".join(rows[i:i + 20]) for i in range(0, 40, 10)] * 2)  # pages of several chunks each
     (tmp_path / "report.pdf").write_bytes(report)
     [by_workers] = kb.ingest_paths(GUILD, [tmp_path / "report.pdf"])
+    # As with a model whose tokenizer cannot be sent to workers: they extract, the main process chunks.
+    monkeypatch.setattr(kb.embedder, "tokenizer_json", lambda: None)
     in_process = kb.ingest(OTHER, "report.pdf", report)
     assert by_workers.chunks == in_process.chunks > by_workers.pages == 8
     doc_id = kb.documents(GUILD)[0].doc_id
@@ -115,6 +116,23 @@ def test_workers_cut_the_same_chunks_as_the_main_process(kb, tmp_path, monkeypat
     stored = [kb.store(guild).chunks(ids) for guild in (GUILD, OTHER)]
     assert [(stored[0][i].page, stored[0][i].text) for i in ids] == [(stored[1][i].page, stored[1][i].text) for i in ids]
     assert [stored[0][i].page for i in ids] == sorted(stored[0][i].page for i in ids)
+
+
+def die(*args):
+    os._exit(1)  # as a worker killed by a crash in PDFium or by the kernel's out-of-memory killer
+
+
+def test_a_file_that_kills_its_worker_is_refused_and_the_caller_lives_on(kb, monkeypatch):
+    kb.ingest(GUILD, "handbook.pdf", HANDBOOK)
+    before = kb.documents(GUILD)
+    # Forked workers see this process's modules, and so the job replaced by die.
+    monkeypatch.setattr("knowledge.base._worker_processes", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr("knowledge.ingest_worker.extract_and_chunk", die)
+    result = kb.ingest(GUILD, "handbook.pdf", RECIPES)
+    assert result.status == "refused" and "crashed" in result.reason
+    monkeypatch.undo()
+    assert kb.documents(GUILD) == before
+    assert kb.ingest(GUILD, "recipes.pdf", RECIPES).status == "added"
 
 
 def test_workers_take_each_page_once_and_skip_a_file_already_taken_or_refused(monkeypatch):
