@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +33,8 @@ Progress = Callable[[str, int, int], None]  # (file, pages embedded so far, page
 
 _PROFILE_WORDS = 120  # words of the first page that, with the file name, say what a document is
 _CANDIDATES = 60  # passages taken from each of vector and word search before fusing
-_WORKER_DIED = ("the PDF reader crashed or ran out of memory (on this file, or another read with it); "
-                "nothing was stored for it")
+_WORKER_DIED = (f"the PDF reader crashed on this file or needed over {ingest_worker.MEMORY_LIMIT >> 30} GB "
+                "of memory for it; nothing was stored for it")
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,10 @@ class KnowledgeBase:
         """Extract and chunk text in worker processes while this one embeds and stores.
 
         Workers keep PDFium (native code reading untrusted files) out of the bot's process: a file that
-        crashes it or exhausts memory kills a worker, and the file is refused. Text extraction runs in
-        parallel with embedding instead of before it; on machines with the cores for it, several
-        workers extract a file at once, each taking its next page not yet taken; once every file is
-        extracted, embedding takes the workers' cores too.
+        crashes it or needs more memory than ingest_worker.MEMORY_LIMIT kills a worker, and the file is
+        refused. Text extraction runs in parallel with embedding instead of before it; on machines with
+        the cores for it, several workers extract a file at once, each taking its next page not yet
+        taken; once every file is extracted, embedding takes the workers' cores too.
         """
         todo: list[IngestResult | tuple[str, bytes, str]] = []  # a result already, or (name, data, sha256)
         for item in items:
@@ -145,15 +145,10 @@ class KnowledgeBase:
             return
         workers = max(1, (os.cpu_count() or 2) - 1)
         per_file = ingest_worker.jobs_per_file(len(files), workers)
-        context = _worker_processes()
-        taken = (context.Lock(), context.RawArray("q", len(files)), context.RawArray("q", len(files)))
-        with ProcessPoolExecutor(min(workers, len(files) * per_file), mp_context=context,
-                                 initializer=ingest_worker.start, initargs=(self.embedder.tokenizer_json(), *taken)) as pool:
+        with self._extraction_pool(len(files), min(workers, len(files) * per_file)) as pool:
             # A file's jobs are queued together, so files finish in order; a job that starts after the
             # others took every page of its file returns at once.
-            jobs = [[pool.submit(ingest_worker.extract_and_chunk, f, data, self.max_bytes, self.config.max_pages,
-                                 self.config.chunk_tokens, self.config.chunk_overlap_tokens) for _ in range(per_file)]
-                    for f, (_, data, _) in enumerate(files)]
+            jobs = [[self._extract(pool, f, data) for _ in range(per_file)] for f, (_, data, _) in enumerate(files)]
 
             def cores_free() -> bool:
                 return all(job.done() for file_jobs in jobs for job in file_jobs)
@@ -166,9 +161,12 @@ class KnowledgeBase:
                 name, data, sha = item
                 try:
                     done: list[ingest_worker.Share] = [job.result() for job in next(file_jobs)]
-                except BrokenProcessPool:  # a worker died; which file killed it cannot be told apart
-                    yield IngestResult(name, "refused", reason=_WORKER_DIED)
-                    continue
+                except BrokenProcessPool:  # a worker died, maybe on another file: read this one alone
+                    log.warning("a PDF worker died; reading %s again on its own", name)
+                    if (alone := self._extract_alone(data)) is None:
+                        yield IngestResult(name, "refused", reason=_WORKER_DIED)
+                        continue
+                    done = [alone]
                 seconds = [share.seconds for share in done]
                 try:
                     if reason := next((share.reason for share in done if share.reason), ""):
@@ -188,6 +186,24 @@ class KnowledgeBase:
                 log.info("guild %s: %s %s, %d pages, %d chunks in %.1fs", guild, result.status, name,
                          result.pages, result.chunks, result.seconds)
                 yield result
+
+    def _extraction_pool(self, files: int, workers: int) -> ProcessPoolExecutor:
+        context = _worker_processes()
+        taken = (context.Lock(), context.RawArray("q", files), context.RawArray("q", files))
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=ingest_worker.start,
+                                   initargs=(self.embedder.tokenizer_json(), *taken))
+
+    def _extract(self, pool: ProcessPoolExecutor, file: int, data: bytes) -> Future[ingest_worker.Share]:
+        return pool.submit(ingest_worker.extract_and_chunk, file, data, self.max_bytes, self.config.max_pages,
+                           self.config.chunk_tokens, self.config.chunk_overlap_tokens)
+
+    def _extract_alone(self, data: bytes) -> ingest_worker.Share | None:
+        """A file read in a worker of its own, after a worker died: None if this one dies too."""
+        with self._extraction_pool(1, 1) as pool:
+            try:
+                return self._extract(pool, 0, data).result()
+            except BrokenProcessPool:
+                return None
 
     def _add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
                   progress: Progress | None = None, cores_free: Callable[[], bool] = lambda: False,

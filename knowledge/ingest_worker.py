@@ -25,6 +25,7 @@ _tokenizer = None  # the embedding model's tokenizer, set by start()
 # Shared by the workers of one ingestion (start), per file: the index of the next page to take, and the
 # page count (0 until a worker has opened the file; -1 once it is refused).
 _lock = _next_page = _page_count = None
+MEMORY_LIMIT = 1 << 30  # bytes of address space a worker may use
 
 
 def jobs_per_file(files: int, workers: int) -> int:
@@ -41,7 +42,9 @@ def start(tokenizer_json: str | None, lock, next_page, page_count) -> None:
     and the embedding model's own tokenizer to measure chunks with. Without one (a model with a slow
     tokenizer only), workers extract and the main process chunks."""
     global _tokenizer, _lock, _next_page, _page_count
-    _exit_with_parent()
+    if multiprocessing.parent_process() is not None:  # a worker (tests call start() in their own process too)
+        _exit_with_parent()
+        _limit_memory()
     _lock, _next_page, _page_count = lock, next_page, page_count
     if tokenizer_json is None:
         return
@@ -56,10 +59,19 @@ def start(tokenizer_json: str | None, lock, next_page, page_count) -> None:
 def _exit_with_parent() -> None:
     """End this worker when the process that asked for it ends. Idle workers otherwise wait on their
     queue forever once the bot or the CLI is killed during an ingestion."""
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=lambda: (multiprocessing.connection.wait([parent.sentinel]), os._exit(1)),
-                         daemon=True).start()
+    sentinel = multiprocessing.parent_process().sentinel
+    threading.Thread(target=lambda: (multiprocessing.connection.wait([sentinel]), os._exit(1)), daemon=True).start()
+
+
+def _limit_memory() -> None:
+    """PDFium inflates a page's compressed content whole: a 2.9 MB file of 3 GB of compressed spaces
+    took 3.9 GB of memory, so a 50 MB file could exhaust the machine, times every worker reading it.
+    Past the limit PDFium aborts, the worker dies, and the file is refused. Workers normally use ~60 MB."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def count_tokens(texts: Sequence[str]) -> list[int]:

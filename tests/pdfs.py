@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import pypdf
 
@@ -50,6 +51,21 @@ def make_pdf(pages: list[str], *, drawing_only: bool = False) -> bytes:
         out.write(b"%010d 00000 n \n" % offset)
     out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref))
     return out.getvalue()
+
+
+def inflating_pdf(inflated_bytes: int) -> bytes:
+    """A one-page PDF whose compressed page content inflates to that many bytes (a text line, then
+    spaces): small on disk, huge in a reader's memory."""
+    pdf = make_pdf(["placeholder"])
+    packer = zlib.compressobj(1)
+    parts = [packer.compress(b"BT /F1 10 Tf 40 800 Td (Text behind a wall of spaces) Tj ET\n")]
+    block = b" " * (1 << 20)
+    parts += [packer.compress(block) for _ in range(inflated_bytes >> 20)]
+    stream = b"".join(parts) + packer.flush()
+    start = pdf.index(b"<< /Length")  # the first page's content stream; the xref offsets go stale
+    end = pdf.index(b"endstream", start) + len(b"endstream")
+    return (pdf[:start] + b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream
+            + b"\nendstream" + pdf[end:])
 
 
 def encrypt(pdf: bytes, user_password: str) -> bytes:

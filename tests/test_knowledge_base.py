@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pdfs import make_pdf
+from tests.pdfs import inflating_pdf, make_pdf
 
 GUILD, OTHER = "111", "222"
 
@@ -133,6 +133,18 @@ def test_a_file_that_kills_its_worker_is_refused_and_the_caller_lives_on(kb, mon
     monkeypatch.undo()
     assert kb.documents(GUILD) == before
     assert kb.ingest(GUILD, "recipes.pdf", RECIPES).status == "added"
+
+
+def test_a_file_that_needs_too_much_memory_is_refused_and_the_others_still_added(kb, tmp_path):
+    from knowledge.ingest_worker import MEMORY_LIMIT
+
+    (tmp_path / "bomb.pdf").write_bytes(inflating_pdf(MEMORY_LIMIT + (200 << 20)))  # ~6 MB on disk
+    (tmp_path / "handbook.pdf").write_bytes(HANDBOOK)
+    results = list(kb.ingest_paths(GUILD, [tmp_path / "bomb.pdf", tmp_path / "handbook.pdf"]))
+    assert [(r.file, r.status) for r in results] == [("bomb.pdf", "refused"), ("handbook.pdf", "added")]
+    assert "needed over 1 GB of memory" in results[0].reason
+    # The same text, inflating to less, is read: what was refused was the size.
+    assert kb.ingest(GUILD, "small.pdf", inflating_pdf(50 << 20)).status == "added"
 
 
 def test_workers_take_each_page_once_and_skip_a_file_already_taken_or_refused(monkeypatch):
