@@ -60,8 +60,8 @@ class Passage:
 def _worker_processes() -> multiprocessing.context.BaseContext:
     """How ingestion starts its workers. Never by forking this process, which holds torch's and Chroma's
     threads. Where it exists (Linux, macOS), forkserver: workers are forked from a small server that
-    imported the PDF reader once, where spawn starts a new interpreter for each, one after the other. 13 filings
-    on the H100 machine (15 workers): 11-12 s with spawn, 5.4-6.5 s with forkserver.
+    imported the PDF reader once, where spawn starts a new interpreter for each, one after the other.
+    13 filings on the H100 machine (15 workers): 11-12 s with spawn, 5.4-6.5 s with forkserver.
     Either way each worker imports the main module again (multiprocessing does): keep it light."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -98,7 +98,8 @@ class KnowledgeBase:
 
     def ingest(self, guild: str, name: str, data: bytes, progress: Progress | None = None) -> IngestResult:
         """Add one PDF. Never raises for a bad file: the result says why it was refused."""
-        return next(self._ingest(guild, [(Path(name).name, data)], progress))
+        [result] = self._ingest(guild, [(Path(name).name, data)], progress)
+        return result
 
     def ingest_paths(self, guild: str, paths: list[Path], progress: Progress | None = None) -> Iterator[IngestResult]:
         """Add many PDFs; yields one result per file, in order."""
@@ -178,7 +179,8 @@ class KnowledgeBase:
                 # Workers took the pages in turns; a stable sort by page puts the chunks back in order.
                 pieces = None if done[0].pieces is None else sorted(
                     (piece for share in done for piece in share.pieces), key=lambda piece: piece[0])
-                result = self._add_pages(guild, name, sha, len(data), pages, progress, cores_free=cores_free, pieces=pieces)
+                result = self._add_pages(guild, name, sha, len(data), pages, progress, cores_free=cores_free,
+                                         pieces=pieces)
                 # The file's own time: its slowest worker, then embedding and storing (not the wait before:
                 # that is other files' work). extract: work in the workers, chunking included.
                 timings = dict(result.timings, extract=sum(seconds))
@@ -206,8 +208,8 @@ class KnowledgeBase:
                 return None
 
     def _add_pages(self, guild: str, name: str, sha: str, size: int, pages: list[Page],
-                  progress: Progress | None = None, cores_free: Callable[[], bool] = lambda: False,
-                  pieces: list[tuple[int, str]] | None = None) -> IngestResult:
+                   progress: Progress | None = None, cores_free: Callable[[], bool] = lambda: False,
+                   pieces: list[tuple[int, str]] | None = None) -> IngestResult:
         """Chunk (unless workers did: pieces, as (page number, text)), embed and store pages already
         extracted. cores_free() says whether embedding may use every core (nothing else of ours is busy)."""
         started = time.perf_counter()

@@ -148,7 +148,6 @@ def test_a_file_that_needs_too_much_memory_is_refused_and_the_others_still_added
 
 
 def test_workers_take_each_page_once_and_skip_a_file_already_taken_or_refused(monkeypatch):
-    import multiprocessing
     import threading
 
     from knowledge import ingest_worker
