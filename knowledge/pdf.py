@@ -107,6 +107,7 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 def clean_text(text: str) -> str:
     """Normalise whitespace, keep line breaks (they separate table rows), drop NULs."""
-    text = text.replace("\x00", "").replace("\r\n", "\n").replace("\r", "\n")
+    # PDFium joins a word hyphenated at a line's end with the control character 2 where the hyphen was.
+    text = text.replace("\x00", "").replace("\x02", "-").replace("\r\n", "\n").replace("\r", "\n")
     lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()

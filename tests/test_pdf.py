@@ -19,6 +19,11 @@ def test_text_per_page_with_page_numbers():
     assert "Risk factors (currency)" in pages[1].text
 
 
+def test_a_word_hyphenated_at_a_line_end_keeps_its_hyphen():
+    pages = read(make_pdf(["Our credit-\nfinancing arrangements and stock-\nbased compensation"]))
+    assert pages[0].text == "Our credit-financing arrangements and stock-based compensation"
+
+
 def test_aes_pdf_with_empty_password_opens():
     pages = read(encrypt(make_pdf(["Quarterly report text"]), user_password=""))
     assert pages[0].text == "Quarterly report text"
