@@ -19,8 +19,9 @@ Rows (flash attention on everywhere, end-of-turn tokens banned so every answer h
   to cuBLAS), so the table shows what each change brings.
 - "engine": this project's bot.pipeline.Pipeline.answer (scheduler, memory in SQLite, prompt builder,
   chat template, streaming to the event loop) on the two GPU backends: model.backend = "local"
-  (llama-cpp-python in the bot's process, native sampler loop) and model.backend = "server" (the bot
-  starts llama-server itself). First token is timed from the message reaching the pipeline.
+  (llama-cpp-python in the bot's child process, native sampler loop) and model.backend = "server" (the bot
+  starts llama-server itself), each beside the embedder on the GPU, as in the bot. First token is timed
+  from the message reaching the pipeline.
 - Retrieval on the GPU machine: the question is embedded by the project's Embedder on the GPU and
   ranked against the channel's passages in numpy. The Chroma + SQLite FTS5 lookup is NOT in these
   first-token figures; benchmarks/query_latency.py measures it on a CPU machine.
@@ -51,12 +52,11 @@ import traceback
 import urllib.request
 from pathlib import Path
 
-import numpy
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import load_config  # noqa: E402
-from bot.llm import LocalModel, ServerModel, _free_port, server_speed_flags  # noqa: E402
+from bot.llm import ServerModel, _free_port, server_speed_flags  # noqa: E402
+from bot.model_process import ProcessModel  # noqa: E402
 from bot.memory import Memory  # noqa: E402
 import bot.pipeline  # noqa: E402
 from bot.pipeline import Author, Done, Piece, Pipeline  # noqa: E402
@@ -120,7 +120,7 @@ class GpuKnowledge:
         rng = random.Random(guild)
         passages = [Passage(f"{guild}-report.pdf", i + 1, 0.0, text(rng, words_per_passage), f"{guild}:{i}")
                     for i in range(count or self.n)]
-        vectors = self.embedder.encode([p.text for p in passages]) if self.embedder is not None else None
+        vectors = self.embedder.encode([p.text for p in passages])
         self.guilds[guild] = (passages, vectors)
 
     def existing_chunks(self, guild: str, chunk_ids: list[str]) -> set[str]:
@@ -128,11 +128,7 @@ class GpuKnowledge:
 
     def search(self, guild: str, question: str, k: int | None = None) -> list[Passage]:
         passages, vectors = self.guilds[guild]
-        if self.embedder is None:  # the local engine's process: no torch (see engine_local)
-            words = set(question.lower().split())
-            scores = numpy.array([len(words & set(p.text.lower().split())) for p in passages], dtype=float)
-        else:
-            scores = vectors @ self.embedder.encode_question(question)
+        scores = vectors @ self.embedder.encode_question(question)
         order = [i for i in scores.argsort()[::-1] if passages[i].chunk_id not in self.hidden][:k or self.top_k]
         self.last = [dataclasses.replace(passages[i], score=float(scores[i])) for i in order]
         return self.last
@@ -428,38 +424,15 @@ def engine_server(args, data_dir: Path, knowledge) -> None:
 
 @section("engine, model.backend = local")
 def engine_local(args, data_dir: Path, knowledge) -> None:
-    """Runs in a process of its own without torch: torch's CUDA libraries and llama.cpp's CUDA build in one
-    process crashed on the H100 (CUDA 13). So here retrieval ranks by shared words, not embeddings."""
-    config = engine_config(args, data_dir, backend="local")
+    """llama.cpp in the bot's child process (bot.model_process), the embedder on the GPU in this one."""
+    config = engine_config(args, data_dir, backend="local")  # on a GPU, 2048-token prompt batches
+    before = gpu_used_mib()
+    llm = ProcessModel(config.model)
     try:
-        before = gpu_used_mib()
-    except (OSError, IndexError, ValueError):
-        before = None
-    # This child died with a segmentation fault and no Python stack on the H100 (2026-11-23); the steps
-    # it prints say how far it got.
-    print("  local: loading the model", flush=True)
-    llm = LocalModel(config.model)
-    print("  local: model loaded", flush=True)
-    if before is not None:
         FIGURES["local memory c8192"] = gpu_used_mib() - before
-    # Plain llama-cpp-python streaming, the 198 tokens/s reference: create_completion(stream=True).
-    prompt = llm.tokenize_prompt(concurrent_prompts(1, args.words_1800)[0])  # the same size as the engine's
-    rates, firsts = [], []
-    for _ in range(3):
-        llm.llama.reset()
-        started, first, n = time.perf_counter(), None, 0
-        for _chunk in llm.llama.create_completion(prompt, max_tokens=256, stream=True, temperature=0.7, top_p=0.95,
-                                                  logit_bias={t: -100.0 for t in EOS}):
-            first = first or time.perf_counter()
-            n += 1
-        firsts.append(first - started)
-        rates.append((n - 1) / (time.perf_counter() - first))
-    FIGURES["plain first"], FIGURES["plain decode"] = statistics.median(firsts), statistics.median(rates)
-    FIGURES["plain prompt tokens"] = len(prompt)
-    print("  local: plain llama-cpp-python done; now the engine", flush=True)
-    llm.llama.reset()
-    engine_runs(args, "local", llm, data_dir, knowledge, config, concurrent=False)
-    llm.llama.close()
+        engine_runs(args, "local", llm, data_dir, knowledge, config, concurrent=False)
+    finally:
+        llm.close()
 
 
 @section("embedding on the GPU (ingestion)")
@@ -520,11 +493,10 @@ def table(args) -> str:
     add("llama-bench tg128, decode tokens/s", fmt("llama-bench tg128", ".1f"), "", "")
     add("one channel, ~1,800-token prompt: message to first token (s)",
         f"llama-server 1 client, stock {fmt('raw stock first 1800', '.3f')} / engine's flags {fmt('raw tuned first 1800', '.3f')} "
-        f"(no retrieval); llama-cpp-python create_completion {fmt('plain first', '.3f')}",
+        "(no retrieval)",
         f"server {fmt('server first', '.3f')} / local {fmt('local first', '.3f')} (retrieval included)", "<= 0.25")
     add("one channel, decode tokens/s seen by the user",
-        f"llama-server 1 client, stock {fmt('raw stock 1 decode', '.1f')} / engine's flags {fmt('raw tuned 1 decode', '.1f')}; "
-        f"llama-cpp-python streaming {fmt('plain decode', '.1f')}",
+        f"llama-server 1 client, stock {fmt('raw stock 1 decode', '.1f')} / engine's flags {fmt('raw tuned 1 decode', '.1f')}",
         f"server {fmt('server decode', '.1f')} / local {fmt('local decode', '.1f')}", ">= 240")
     add("16 channels at once, ~1,200-token prompts, 128-token answers: tokens/s in total",
         f"llama-server -np 16, stock {fmt('raw stock 16 tokens/s', '.0f')} (first token p95 {fmt('raw stock 16 first p95', '.2f')} s) "
@@ -561,7 +533,6 @@ def main() -> None:
     parser.add_argument("--embedder", type=Path, help="a sentence-transformers model directory (default: packaged MiniLM)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", default="bench,raw,server,local,ingest")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda", help="for the embedder (cpu: a local smoke test)")
     parser.add_argument("--mmq-max-batch", dest="mmq_max_batch", type=int, default=128,
                         help="GGML_CUDA_MMQ_MAX_BATCH for the engine (patches/llama-cpp-mmq-max-batch.patch)")
@@ -576,21 +547,6 @@ def main() -> None:
     os.environ["GGML_CUDA_MMQ_MAX_BATCH"] = str(args.mmq_max_batch)  # the engine's llama.cpp (and its llama-server)
     only = set(args.only.split(","))
     data_dir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
-    if args.child:  # the local engine alone, in a process without torch
-        engine_local(args, data_dir, GpuKnowledge(None))
-        args.json.write_text(json.dumps(FIGURES))
-        return
-    if "local" in only:  # first, while the GPU is empty
-        print("== engine, model.backend = local (own process)", flush=True)
-        out = data_dir / "local.json"
-        child = [sys.executable, __file__, "--child", "--json", str(out), "--model", str(args.model), "--bin", str(args.bin),
-                 "--words-1800", str(args.words_1800), "--words-1200", str(args.words_1200),
-                 "--words-chunk", str(args.words_chunk)]
-        status = subprocess.run(child).returncode
-        if status == 0 and out.exists():
-            FIGURES.update(json.loads(out.read_text()))
-        else:  # a negative status is the signal that ended it (-11: segmentation fault)
-            row("engine, model.backend = local", f"FAILED: exit status {status} (see the log above)")
     embedder = make_embedder(args)
     embedder.encode(["load the embedder before the clock starts"])
     if "bench" in only:
@@ -599,6 +555,8 @@ def main() -> None:
         raw_server(args)
     if "server" in only:
         engine_server(args, data_dir, GpuKnowledge(embedder))
+    if "local" in only:
+        engine_local(args, data_dir, GpuKnowledge(embedder))
     if "ingest" in only:
         ingestion(args, embedder)
     print(json.dumps(FIGURES, indent=1))

@@ -1,6 +1,7 @@
-"""The language model: llama.cpp in this process (LocalModel) or an OpenAI-compatible server (RemoteModel).
+"""The language model: llama.cpp (LocalModel; the `local` backend runs it in a child process, see
+bot.model_process) or an OpenAI-compatible server (RemoteModel, and ServerModel: a llama-server the bot starts).
 
-Both are blocking and not thread-safe, but for count; bot.scheduler runs them on its worker thread. Both offer:
+All are blocking and not thread-safe, but for count; bot.scheduler runs them on its worker thread. All offer:
   n_ctx                        the context size in tokens
   count(text)                  tokens in a piece of message content (cached: the prompt builder calls it a lot,
                                from several threads at once; tokenizing reads only the vocabulary)
@@ -59,7 +60,11 @@ class LLM(Protocol):
 def load_model(config: ModelConfig) -> LLM:
     if config.backend == "server":
         return ServerModel(config)
-    return RemoteModel(config) if config.backend == "openai" else LocalModel(config)
+    if config.backend == "openai":
+        return RemoteModel(config)
+    from bot.model_process import ProcessModel
+
+    return ProcessModel(config)  # LocalModel in a child process, away from torch's CUDA libraries
 
 
 _GGML_TYPE = {"f16": 1, "q8_0": 8}  # ggml_type values for the KV cache
@@ -224,7 +229,10 @@ class LocalModel:
             same += 1
         llama.n_tokens = min(same, len(tokens) - 1)  # at least one token to decode, for fresh logits
         self.last_timings = {"cache_n": llama.n_tokens, "prompt_n": len(tokens) - llama.n_tokens}  # as llama-server's
+        started = time.perf_counter()
         llama.eval(tokens[llama.n_tokens:])  # drops the cache beyond the shared prefix, fills in the rest
+        lc.llama_synchronize(llama.ctx)  # a GPU may still be computing; sampling would wait for it anyway
+        self.last_timings["prompt_ms"] = 1000 * (time.perf_counter() - started)
         ctx, vocab, chain = llama.ctx, self._vocab, self._sampler_chain(logit_bias)
         one = (lc.llama_token * 1)()
         buffer = ctypes.create_string_buffer(256)

@@ -1,7 +1,9 @@
 import socket
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +167,58 @@ def test_server_backend_names_a_missing_binary():
 
     with pytest.raises(ModelError, match="server_binary '/nonexistent/llama-server' is not an executable"):
         load_model(load_config(None, env=env).model)
+
+
+def test_local_backend_runs_llama_cpp_in_a_child_process_without_torch(llm):
+    """The same answers, counts and KV reuse as LocalModel, from a process that never loads torch (whose
+    CUDA libraries crash beside a CUDA build of llama.cpp); it is started again if it dies."""
+    from bot.llm import load_model
+    from bot.model_process import ProcessModel
+
+    import torch  # noqa: F401 - this process has torch, as the bot does
+
+    model = load_model(load_config(None, env={**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path())}).model)
+    try:
+        assert isinstance(model, ProcessModel) and model.parallel == 1 and model.restarts == 0
+        maps = Path(f"/proc/{model._process.pid}/maps").read_text()
+        assert "libllama" in maps and "libtorch" not in maps
+        assert model.describe() == llm.describe() and model.overhead(3) == llm.overhead(3)
+        text = "The quarterly report lists revenue by region."
+        assert model.count(text) == llm.count(text)
+        answer = "".join(model.stream(MESSAGES, 12))
+        llm.llama.reset()  # both prefill the whole prompt: temperature 0, the same model, the same text
+        assert answer == "".join(llm.stream(MESSAGES, 12))
+        follow_up = [*MESSAGES, {"role": "assistant", "content": answer}, {"role": "user", "content": "And at night?"}]
+        assert "".join(model.stream(follow_up, 4)).strip()
+        assert model.last_timings["cache_n"] >= len(llm.tokenize_prompt(MESSAGES)) - 1  # the prefix was reused
+
+        cancel = threading.Event()
+        pieces = model.stream(MESSAGES, 32, cancel)
+        next(pieces)
+        cancel.set()
+        assert list(pieces) == []  # nothing after the cancel
+        unfinished = model.stream(MESSAGES, 32)
+        next(unfinished)
+        unfinished.close()  # a reader that stops early: the child stops too, and answers the next request
+        assert "".join(model.stream(MESSAGES, 12)).strip()
+
+        process = model._process
+        process.kill()  # as if llama.cpp crashed
+        process.wait()
+        assert "".join(model.stream(MESSAGES, 12)) == answer  # started again (an empty cache) before answering
+        assert model.restarts == 1 and model._process.pid != process.pid
+    finally:
+        model.close()
+    assert model._process is None
+
+
+def test_local_backend_says_why_the_model_did_not_load(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(64))  # the right magic, then nothing llama.cpp can read
+    from bot.llm import load_model
+
+    with pytest.raises(ModelError, match="llama.cpp could not load .*broken.gguf"):
+        load_model(load_config(None, env={**ENGINE_ENV, "BOT_MODEL_PATH": str(broken)}).model)
+    with pytest.raises(ModelError, match='beyond what .* was trained on \\(8192\\); set model.rope_scaling = "yarn"'):
+        load_model(load_config(None, env={**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()),
+                                          "BOT_MODEL_N_CTX": "16384"}).model)
