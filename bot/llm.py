@@ -15,6 +15,7 @@ so llama.cpp reuses its KV cache for the prompt prefix that did not change since
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import functools
 import http.client
@@ -80,7 +81,10 @@ class LocalModel:
         self.path = path or model_path(config)
         check_model_file(self.path, config.n_gpu_layers)
         self.n_ctx = config.n_ctx
-        kwargs = dict(n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_batch=config.n_batch, n_ubatch=config.n_batch,
+        batch = config.n_batch
+        if config.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload():
+            batch = min(max(batch, 2048), config.n_ctx)  # as the server backend: faster prefill on a GPU
+        kwargs = dict(n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_batch=batch, n_ubatch=batch,
                       n_threads=config.n_threads or os.cpu_count(), flash_attn=config.flash_attn,
                       type_k=_GGML_TYPE[config.kv_cache_type], type_v=_GGML_TYPE[config.kv_cache_type], verbose=False)
         if config.rope_scaling != "none":
@@ -91,7 +95,8 @@ class LocalModel:
             else:
                 kwargs.update(rope_scaling_type=llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR)
         try:
-            self.llama = llama_cpp.Llama(str(self.path), **kwargs)
+            with _one_output_per_batch():
+                self.llama = llama_cpp.Llama(str(self.path), **kwargs)
         except ValueError as e:  # llama.cpp only says "Failed to load model from file"
             raise ModelError(f"llama.cpp could not load {self.path}: {e}") from None
         meta = self.llama.metadata
@@ -483,6 +488,34 @@ def server_speed_flags(n_batch: int) -> list[str]:
     """
     batch = str(max(n_batch, 2048))
     return ["--cache-ram", "0", "-b", batch, "-ub", batch]
+
+
+@contextlib.contextmanager
+def _one_output_per_batch():
+    """Llamas made inside get n_outputs_max = 1, which llama-cpp-python does not expose.
+
+    Unset, llama.cpp reserves compute memory for the logits of every token of a micro-batch: at
+    n_batch 2048 with Llama-3's 128k vocabulary, 1 GB of GPU memory (7.0 GB in all against 6.2 GB at
+    512, measured on an H200). LocalModel only reads the last token's logits, as llama-server does.
+    """
+    import llama_cpp.llama_cpp as raw
+
+    default = raw.llama_context_default_params
+
+    def params():
+        chosen = default()
+        chosen.n_outputs_max = 1
+        return chosen
+
+    with _params_lock:
+        raw.llama_context_default_params = params
+        try:
+            yield
+        finally:
+            raw.llama_context_default_params = default
+
+
+_params_lock = threading.Lock()
 
 
 def _drain(stream, tail: list[bytes]) -> None:

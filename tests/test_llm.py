@@ -28,6 +28,12 @@ def test_chat_template_comes_from_the_gguf(llm):
     assert abs(len(tokens) - estimate) <= 2
 
 
+def test_llama_cpp_keeps_room_for_one_tokens_logits_per_batch(llm):
+    """Not n_batch tokens' worth (1 GB at n_batch 2048 with Llama-3's vocabulary); prompts longer than a
+    batch still prefill (the tests' prompts of over 1,500 tokens run in 512-token batches)."""
+    assert llm.llama.context_params.n_outputs_max == 1 and llm.llama.n_batch == 512
+
+
 def test_stream_yields_pieces_and_respects_max_tokens(llm):
     pieces = list(llm.stream(MESSAGES, 8))
     assert 1 <= len(pieces) <= 8 and "".join(pieces).strip()
