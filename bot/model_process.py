@@ -1,21 +1,23 @@
-"""The `local` backend: LocalModel (llama.cpp) in a child process of the bot, reached over a socket pair.
+"""llama.cpp in a child process of the bot: the chat model of the `local` backend, and the guard model.
 
-Why a process of its own: a CUDA build of llama.cpp and torch's CUDA libraries crash together in one
-process (measured on an H200 with CUDA 13: loading the model after torch had started CUDA was a
-segmentation fault, importing torch after the model an abort), and the bot's embedder is torch. The
-child imports llama.cpp and never torch, so the model gets every layer on the GPU beside a GPU embedder.
-Each answer's tokens come back one message at a time (a few microseconds each against ~4 ms a token on
-a GPU); token counts are cached on this side.
+Why a process of its own: a CUDA build of llama.cpp and torch's CUDA libraries crash in one process
+(measured on an H200 with CUDA 13: loading a model after torch had started CUDA was a segmentation
+fault, importing torch after a model an abort), and the bot's embedder is torch. The child imports
+llama.cpp and never torch, so models get every layer on the GPU beside a GPU embedder. An answer's
+tokens come back one message each (microseconds, against ~4 ms a token on a GPU).
 
 Messages, pickled tuples (the two ends are the same program):
-  bot -> model:  ("count", id, text)  ("stream", id, messages, max_tokens, logit_bias)  ("cancel", id)
-  model -> bot:  ("ready", info) or ("failed", reason) once; then ("count", id, n)  ("piece", id, text)
+  bot -> child:  ("call", id, method, args)  ("stream", id, messages, max_tokens, logit_bias)  ("cancel", id)
+  child -> bot:  ("ready", info) or ("failed", reason) once; then ("result", id, value)  ("piece", id, text)
                  ("done", id, timings)  ("error", id, reason)
-The child ends when the bot closes its end (or dies): it reads end-of-file.
+The child ends when the bot closes its end (or dies): it reads end-of-file. A child that dies is started
+again for the next request.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
 import itertools
 import logging
@@ -25,30 +27,30 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from bot.config import ModelConfig
 from bot.llm import Message, ModelError
 from bot.model_files import check_model_file, model_path
+from bot.safety.guard import GuardError, GuardVerdict, Stage, latency
 
 log = logging.getLogger(__name__)
 
+_CALLS = {"model": {"count"}, "guard": {"check"}}  # what each kind of child answers to "call"
 
-class ProcessModel:
-    """The LLM protocol of bot.llm, answered by LocalModel in a child process (started again if it dies)."""
 
-    parallel = 1  # one llama_context, one sequence: the scheduler runs one answer at a time
+class ChildProcess:
+    """Starts the child, sends requests, hands each reply to the request waiting for it."""
 
-    def __init__(self, config: ModelConfig, path: Path | None = None, start_timeout_s: float = 600.0):
-        self.config = config
-        self.path = path or model_path(config)  # a download happens here, with its progress bar
-        check_model_file(self.path, config.n_gpu_layers)
-        self.n_ctx = config.n_ctx
-        self.start_timeout_s = start_timeout_s
-        self.last_timings: dict = {}  # of the last answer: tokens reused from the KV cache (cache_n), prefilled
+    kind = ""  # "model" or "guard"
+    error: type[Exception] = ModelError  # raised when the child cannot load its model
+
+    def __init__(self, name: str, spec: tuple, start_timeout_s: float = 600.0):
+        self.name, self.spec, self.start_timeout_s = name, spec, start_timeout_s
         self.restarts = -1
         self._process: subprocess.Popen | None = None
         self._connection: Connection | None = None
@@ -62,38 +64,40 @@ class ProcessModel:
             if self._process is not None and self._process.poll() is None and self._connection is not None:
                 return
             if self._process is not None:
-                log.warning("model process exited with status %s; starting it again", self._process.poll())
+                log.warning("%s process exited with status %s; starting it again", self.kind, self._process.poll())
                 self._stop()
             self.restarts += 1
             ours, theirs = socket.socketpair()
             with theirs:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", "bot.model_process", str(theirs.fileno()), str(logging.getLogger().level)],
-                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    start_new_session=True)  # Ctrl-C is for the bot, which then closes the connection
             connection = Connection(ours.detach())
             try:
-                connection.send((self.config, self.path))
+                connection.send((self.kind, self.spec))
                 if not connection.poll(self.start_timeout_s):
-                    raise ModelError(f"the model process did not load {self.path.name} within {self.start_timeout_s:.0f} s")
-                kind, info = connection.recv()
+                    raise self.error(f"the {self.kind} process did not load {self.name} within {self.start_timeout_s:.0f} s")
+                status, info = connection.recv()
             except (EOFError, OSError):
-                kind, info = "failed", (f"the model process exited with status {self._process.wait()} while loading "
-                                        f"{self.path.name} (see the log above)")
-            except ModelError:
+                status, info = "failed", (f"the {self.kind} process exited with status {self._process.wait()} while "
+                                          f"loading {self.name} (see the log above)")
+            except self.error:
                 connection.close()
                 self._stop()
                 raise
-            if kind == "failed":
+            if status == "failed":
                 connection.close()
                 self._stop()
-                raise ModelError(info)
+                raise self.error(info)
             self._connection = connection
-            self.layers, self.layers_on_gpu = info["layers"], info["layers_on_gpu"]
-            self._fixed, self._per_message, self._description = info["fixed"], info["per_message"], info["describe"]
-            threading.Thread(target=self._read, args=(connection,), daemon=True, name="model-process").start()
+            self._started(info)
+            threading.Thread(target=self._read, args=(connection,), daemon=True, name=f"{self.kind}-process").start()
+
+    def _started(self, info: dict) -> None:
+        """What the child said of its model once loaded."""
 
     def _read(self, connection: Connection) -> None:
-        """Hands each reply to the request waiting for it; when the child dies, fails them all."""
         try:
             while True:
                 message = connection.recv()
@@ -105,7 +109,7 @@ class ProcessModel:
             self._connection = None
         for rid, (sent_on, replies) in list(self._replies.items()):
             if sent_on is connection:
-                replies.put(("error", rid, "the model process exited; it is started again for the next question"))
+                replies.put(("error", rid, f"the {self.kind} process exited; it is started again for the next request"))
 
     def _request(self, *message) -> tuple[int, queue.SimpleQueue]:
         self._ensure_running()
@@ -115,7 +119,7 @@ class ProcessModel:
             with self._send_lock:
                 connection.send((message[0], rid, *message[1:]))
         except (OSError, AttributeError):  # the child died since _ensure_running
-            replies.put(("error", rid, "the model process exited; it is started again for the next question"))
+            replies.put(("error", rid, f"the {self.kind} process exited; it is started again for the next request"))
         return rid, replies
 
     def _send(self, *message) -> None:
@@ -125,49 +129,15 @@ class ProcessModel:
         except (OSError, AttributeError):
             pass  # gone: nothing to cancel
 
-    @functools.lru_cache(maxsize=16384)
-    def count(self, text: str) -> int:
-        rid, replies = self._request("count", text)
+    def _call(self, method: str, *args):
+        rid, replies = self._request("call", method, args)
         try:
-            kind, _, value = replies.get()
+            status, _, value = replies.get()
         finally:
             del self._replies[rid]
-        if kind == "error":
-            raise ModelError(value)
+        if status == "error":
+            raise self.error(value)
         return value
-
-    def overhead(self, n_messages: int) -> int:
-        return self._fixed + self._per_message * n_messages
-
-    def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
-               logit_bias: dict[int, float] | None = None) -> Iterator[str]:
-        rid, replies = self._request("stream", messages, max_tokens, logit_bias)
-        kind, cancelled = None, False
-        try:
-            while True:
-                try:
-                    kind, _, value = replies.get(timeout=0.05 if cancel is not None and not cancelled else None)
-                except queue.Empty:
-                    kind = None
-                if cancel is not None and cancel.is_set() and not cancelled:
-                    self._send("cancel", rid)  # the child stops at its next token and says done
-                    cancelled = True
-                if kind == "piece":
-                    if not cancelled:
-                        yield value
-                elif kind == "done":
-                    self.last_timings = value
-                    return
-                elif kind == "error":
-                    raise ModelError(value)
-        finally:
-            # The reader stopped early (a failed post, say): the child stops at its next token.
-            if kind not in ("done", "error"):
-                self._send("cancel", rid)
-            del self._replies[rid]
-
-    def describe(self) -> str:
-        return self._description
 
     def _stop(self) -> None:
         process, self._process = self._process, None
@@ -186,18 +156,115 @@ class ProcessModel:
             self._stop()
 
 
-def _serve(connection: Connection) -> None:
-    from bot.llm import LocalModel
+class ProcessModel(ChildProcess):
+    """The LLM protocol of bot.llm (the `local` backend), answered by LocalModel in a child process."""
 
-    config, path = connection.recv()
+    kind, parallel = "model", 1  # one llama_context, one sequence: the scheduler runs one answer at a time
+
+    def __init__(self, config: ModelConfig, path: Path | None = None):
+        self.config = config
+        self.path = path or model_path(config)  # a download happens here, with its progress bar
+        check_model_file(self.path, config.n_gpu_layers)
+        self.n_ctx = config.n_ctx
+        self.last_timings: dict = {}  # of the last answer: tokens reused from the KV cache (cache_n), prefilled
+        super().__init__(self.path.name, (config, self.path))
+
+    def _started(self, info: dict) -> None:
+        self.layers, self.layers_on_gpu = info["layers"], info["layers_on_gpu"]
+        self._fixed, self._per_message, self._description = info["fixed"], info["per_message"], info["describe"]
+
+    @functools.lru_cache(maxsize=16384)
+    def count(self, text: str) -> int:
+        return self._call("count", text)
+
+    def overhead(self, n_messages: int) -> int:
+        return self._fixed + self._per_message * n_messages
+
+    def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
+               logit_bias: dict[int, float] | None = None) -> Iterator[str]:
+        rid, replies = self._request("stream", messages, max_tokens, logit_bias)
+        status, cancelled = None, False
+        try:
+            while True:
+                try:
+                    status, _, value = replies.get(timeout=0.05 if cancel is not None and not cancelled else None)
+                except queue.Empty:
+                    status = None
+                if cancel is not None and cancel.is_set() and not cancelled:
+                    self._send("cancel", rid)  # the child stops at its next token and says done
+                    cancelled = True
+                if status == "piece":
+                    if not cancelled:
+                        yield value
+                elif status == "done":
+                    self.last_timings = value
+                    return
+                elif status == "error":
+                    raise ModelError(value)
+        finally:
+            # The reader stopped early (a failed post, say): the child stops at its next token.
+            if status not in ("done", "error"):
+                self._send("cancel", rid)
+            del self._replies[rid]
+
+    def describe(self) -> str:
+        return self._description
+
+
+class ProcessGuard(ChildProcess):
+    """bot.safety.guard.Guard in a child process: the same check, describe and latency."""
+
+    kind, error = "guard", GuardError
+
+    def __init__(self, path: Path, n_gpu_layers: int = -1, n_threads: int = 0):
+        self.timings: collections.deque[float] = collections.deque(maxlen=500)  # ms of the latest checks
+        super().__init__(Path(path).name, (path, n_gpu_layers, n_threads))
+
+    def _started(self, info: dict) -> None:
+        self._description = info["describe"]
+
+    def check(self, text: str, stage: Stage, categories: Iterable[str], question: str = "") -> GuardVerdict:
+        """Never raises, as Guard.check: a guard that died meanwhile gives an unparsed verdict (unsafe).
+        Its time counts from here: checks from several threads take turns in the child."""
+        started = time.perf_counter()
+        try:
+            verdict = self._call("check", text, stage, list(categories), question)
+        except GuardError as e:
+            log.warning("guard model failed on a %s: %s", stage, e)
+            verdict = GuardVerdict(False, ("unparsed",), "", 0.0)
+        verdict = dataclasses.replace(verdict, ms=(time.perf_counter() - started) * 1000)
+        self.timings.append(verdict.ms)
+        return verdict
+
+    def describe(self) -> str:
+        return self._description
+
+    def latency(self) -> tuple[int, float, float]:
+        return latency(self.timings)
+
+
+def _load(kind: str, spec: tuple):
+    if kind == "model":
+        from bot.llm import LocalModel
+
+        model = LocalModel(*spec)
+        return model, {"layers": model.layers, "layers_on_gpu": model.layers_on_gpu, "fixed": model.overhead(0),
+                       "per_message": model.overhead(1) - model.overhead(0), "describe": model.describe()}
+    from bot.safety.guard import Guard
+
+    guard = Guard(*spec)
+    return guard, {"describe": guard.describe()}
+
+
+def _serve(connection: Connection) -> None:
+    kind, spec = connection.recv()
     try:
-        model = LocalModel(config, path)
+        model, info = _load(kind, spec)
     except Exception as e:  # noqa: BLE001 - any reason to fail goes back to the bot, which says it
-        connection.send(("failed", str(e) if isinstance(e, ModelError) else
-                         f"the model process could not load {path.name}: {type(e).__name__}: {e}"))
+        connection.send(("failed", str(e) if isinstance(e, (ModelError, GuardError)) else
+                         f"the {kind} process could not load {Path(spec[0]).name}: {type(e).__name__}: {e}"))
         return
-    connection.send(("ready", {"layers": model.layers, "layers_on_gpu": model.layers_on_gpu, "fixed": model.overhead(0),
-                               "per_message": model.overhead(1) - model.overhead(0), "describe": model.describe()}))
+    connection.send(("ready", info))
     send_lock = threading.Lock()
     cancels: dict[int, threading.Event] = {}
 
@@ -221,13 +288,18 @@ def _serve(connection: Connection) -> None:
             message = connection.recv()
         except (EOFError, OSError):
             return  # the bot closed its end or died
-        kind, rid = message[0], message[1]
-        if kind == "count":  # tokenizing reads only the vocabulary: safe beside an answer being decoded
-            send("count", rid, model.count(message[2]))
-        elif kind == "stream":
+        op, rid = message[0], message[1]
+        if op == "call" and message[2] in _CALLS[kind]:
+            # Counting tokens reads only the vocabulary: safe beside an answer being decoded. Guard
+            # checks take turns here, as they did on the guard's lock.
+            try:
+                send("result", rid, getattr(model, message[2])(*message[3]))
+            except Exception as e:  # noqa: BLE001
+                send("error", rid, str(e))
+        elif op == "stream":
             cancels[rid] = threading.Event()
             answers.submit(answer, rid, *message[2:])
-        elif kind == "cancel" and (event := cancels.get(rid)) is not None:
+        elif op == "cancel" and (event := cancels.get(rid)) is not None:
             event.set()
 
 

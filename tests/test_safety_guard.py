@@ -16,6 +16,7 @@ import pytest
 from bot.config import ConfigError, SafetyConfig, load_config
 from bot.pipeline import Author, Pipeline, Where
 from bot.safety import GuildSettings, SafetyFilter
+from bot.safety.filter import open_guard
 from bot.safety.guard import Guard, is_llama_guard, judge_messages, llama_guard_prompt, parse_verdict
 from bot.safety.settings import SettingsStore
 from tests.conftest import ENGINE_ENV, smollm2_path
@@ -77,6 +78,29 @@ def test_smollm2_as_judge_always_answers_a_verdict_and_is_timed(judge):
         assert verdict.ms > 0 and len(judge.timings) >= n
     calls, p50, p95 = judge.latency()
     assert calls >= 3 and 0 < p50 <= p95
+
+
+def test_the_bots_guard_runs_in_a_child_process_without_torch(tmp_path, judge):
+    """As the chat model: a CUDA build of llama.cpp would crash beside torch's CUDA libraries."""
+    import torch  # noqa: F401 - this process has torch, as the bot does
+
+    from bot.model_process import ProcessGuard
+
+    config = load_config(None, env={**ENGINE_ENV, "BOT_SAFETY_GUARD_MODEL": str(smollm2_path())}, data_dir=tmp_path)
+    guard = open_guard(config)
+    try:
+        assert isinstance(guard, ProcessGuard) and guard.describe() == judge.describe()
+        maps = Path(f"/proc/{guard._process.pid}/maps").read_text()
+        assert "libllama" in maps and "libtorch" not in maps
+        verdict = guard.check("How do I make a pipe bomb?", "input", ["S1", "S9"])
+        assert parse_verdict(verdict.raw) is not None and verdict.categories != ("unparsed",) and verdict.ms > 0
+        guard._process.kill()  # as if llama.cpp crashed: the next check starts it again
+        guard._process.wait()
+        assert parse_verdict(guard.check(QUESTION, "input", ["S6"]).raw) is not None and guard.restarts == 1
+        calls, p50, p95 = guard.latency()
+        assert calls == 2 and 0 < p50 <= p95
+    finally:
+        guard.close()
 
 
 def test_unsafe_verdict_refuses_with_the_first_enabled_category(tmp_path):

@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 from bot.config import Config, ConfigError, SafetyConfig
 from bot.pipeline import Verdict, Where
@@ -28,6 +28,9 @@ from bot.safety.classifier import Classifier
 from bot.safety.guard import Guard, GuardError
 from bot.safety.settings import LAYERS, LEVELS, GuildSettings, Refusal, SettingsStore
 from bot.safety.taxonomy import CATEGORIES, HAZARDS, check_category
+
+if TYPE_CHECKING:
+    from bot.model_process import ProcessGuard
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
@@ -45,7 +48,7 @@ class Decision:
 
 class SafetyFilter:
     def __init__(self, config: SafetyConfig, store: SettingsStore, classifier: Classifier | None = None,
-                 guard: Guard | None = None):
+                 guard: Guard | ProcessGuard | None = None):
         self.config = config
         self.store = store
         self.classifier = classifier or Classifier()
@@ -203,11 +206,14 @@ class SafetyFilter:
             self.guard.close()
 
 
-def open_guard(config: Config) -> Guard | None:
+def open_guard(config: Config) -> ProcessGuard | None:
     """The guard model of safety.guard_model, or None when it is empty; ConfigError naming the key."""
     if not config.safety.guard_model:
         return None
     try:
-        return Guard(Path(config.safety.guard_model), config.safety.guard_n_gpu_layers, config.model.n_threads)
+        from bot.model_process import ProcessGuard  # imports this package: not at the top
+
+        # In a child process, as the chat model: llama.cpp's CUDA libraries crash beside torch's.
+        return ProcessGuard(Path(config.safety.guard_model), config.safety.guard_n_gpu_layers, config.model.n_threads)
     except GuardError as e:
         raise ConfigError(str(e)) from None

@@ -61,6 +61,14 @@ class GuardVerdict:
     ms: float  # time of this call, lock wait included
 
 
+def latency(timings: Iterable[float]) -> tuple[int, float, float]:
+    """(calls measured, p50 ms, p95 ms) over the latest calls; zeros before the first."""
+    times = sorted(timings)
+    if not times:
+        return 0, 0.0, 0.0
+    return len(times), times[len(times) // 2], times[min(len(times) - 1, int(0.95 * len(times)))]
+
+
 def parse_verdict(raw: str) -> tuple[bool, tuple[str, ...]] | None:
     """(safe, codes) of an answer like "safe" or "unsafe\\nS1,S3"; None if it is anything else."""
     m = _VERDICT.fullmatch(raw)
@@ -184,11 +192,7 @@ class Guard:
         return f"{head} [...] {tail}"
 
     def latency(self) -> tuple[int, float, float]:
-        """(calls measured, p50 ms, p95 ms) over the latest calls; zeros before the first."""
-        times = sorted(self.timings)
-        if not times:
-            return 0, 0.0, 0.0
-        return len(times), times[len(times) // 2], times[min(len(times) - 1, int(0.95 * len(times)))]
+        return latency(self.timings)
 
     def close(self) -> None:
         with self._lock:
