@@ -490,6 +490,9 @@ def server_speed_flags(n_batch: int) -> list[str]:
     return ["--cache-ram", "0", "-b", batch, "-ub", batch]
 
 
+_params_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def _one_output_per_batch():
     """Llamas made inside get n_outputs_max = 1, which llama-cpp-python does not expose.
@@ -514,8 +517,6 @@ def _one_output_per_batch():
         finally:
             raw.llama_context_default_params = default
 
-
-_params_lock = threading.Lock()
 
 
 def _drain(stream, tail: list[bytes]) -> None:

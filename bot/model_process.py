@@ -7,7 +7,8 @@ llama.cpp and never torch, so models get every layer on the GPU beside a GPU emb
 tokens come back one message each (microseconds, against ~4 ms a token on a GPU).
 
 Messages, pickled tuples (the two ends are the same program):
-  bot -> child:  ("call", id, method, args)  ("stream", id, messages, max_tokens, logit_bias)  ("cancel", id)
+  bot -> child:  (kind, file name, what to load) once; then ("call", id, method, args)
+                 ("stream", id, messages, max_tokens, logit_bias)  ("cancel", id)
   child -> bot:  ("ready", info) or ("failed", reason) once; then ("result", id, value)  ("piece", id, text)
                  ("done", id, timings)  ("error", id, reason)
 The child ends when the bot closes its end (or dies): it reads end-of-file. A child that dies is started
@@ -75,7 +76,7 @@ class ChildProcess:
                     start_new_session=True)  # Ctrl-C is for the bot, which then closes the connection
             connection = Connection(ours.detach())
             try:
-                connection.send((self.kind, self.spec))
+                connection.send((self.kind, self.name, self.spec))
                 if not connection.poll(self.start_timeout_s):
                     raise self.error(f"the {self.kind} process did not load {self.name} within {self.start_timeout_s:.0f} s")
                 status, info = connection.recv()
@@ -257,12 +258,12 @@ def _load(kind: str, spec: tuple):
 
 
 def _serve(connection: Connection) -> None:
-    kind, spec = connection.recv()
+    kind, name, spec = connection.recv()
     try:
         model, info = _load(kind, spec)
     except Exception as e:  # noqa: BLE001 - any reason to fail goes back to the bot, which says it
         connection.send(("failed", str(e) if isinstance(e, (ModelError, GuardError)) else
-                         f"the {kind} process could not load {Path(spec[0]).name}: {type(e).__name__}: {e}"))
+                         f"the {kind} process could not load {name}: {type(e).__name__}: {e}"))
         return
     connection.send(("ready", info))
     send_lock = threading.Lock()
