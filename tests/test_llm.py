@@ -209,8 +209,14 @@ def test_local_backend_runs_llama_cpp_in_a_child_process_without_torch(llm):
         assert "".join(model.stream(MESSAGES, 12)).strip()
 
         process = model._process
-        process.kill()  # as if llama.cpp crashed
-        process.wait()
+        import llama_cpp
+
+        eog = [t for t in range(llm.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm.llama._model.vocab, t)]
+        pieces = model.stream(MESSAGES, 300, logit_bias={t: float("-inf") for t in eog})  # seconds of answer
+        next(pieces)
+        process.kill()  # as if llama.cpp crashed mid-answer: the answer ends with the reason
+        with pytest.raises(ModelError, match="the model process exited; it is started again"):
+            list(pieces)
         assert "".join(model.stream(MESSAGES, 12)) == answer  # started again (an empty cache) before answering
         assert model.restarts == 1 and model._process.pid != process.pid
     finally:
