@@ -134,10 +134,9 @@ class Pipeline:
         try:
             async for position in self.scheduler.wait_turn(ticket):
                 yield Queued(position)
-            passages = await asyncio.to_thread(self.knowledge.search, str(guild), question)
-            if self.safety is not None:
-                passages = self.safety.screen_passages(passages)
-            persona, history = await asyncio.to_thread(self._channel_state, str(guild), str(channel))
+            passages, (persona, history) = await asyncio.gather(  # independent: at once, off the loop
+                asyncio.to_thread(self._passages, str(guild), question),
+                asyncio.to_thread(self._channel_state, str(guild), str(channel)))
             try:
                 prompt = await self.scheduler.run(build, self.llm, persona, passages, history, author.name, question,
                                                   chat.max_answer_tokens, self._since.get(str(channel), 0))
@@ -189,6 +188,10 @@ class Pipeline:
             return None
         await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "refused")
         return Done("refused", verdict.message)
+
+    def _passages(self, guild: str, question: str) -> list:
+        passages = self.knowledge.search(guild, question)
+        return self.safety.screen_passages(passages) if self.safety is not None else passages
 
     def _channel_state(self, guild: str, channel: str) -> tuple[str, list[Turn]]:
         """The persona, and the history without excerpts of documents removed (or replaced) since."""
