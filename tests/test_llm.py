@@ -178,10 +178,11 @@ def test_server_backend_names_a_missing_binary():
 def test_local_backend_runs_llama_cpp_in_a_child_process_without_torch(llm):
     """The same answers, counts and KV reuse as LocalModel, from a process that never loads torch (whose
     CUDA libraries crash beside a CUDA build of llama.cpp); it is started again if it dies."""
+    import llama_cpp
+    import torch  # noqa: F401 - this process has torch, as the bot does
+
     from bot.llm import load_model
     from bot.model_process import ProcessModel
-
-    import torch  # noqa: F401 - this process has torch, as the bot does
 
     model = load_model(load_config(None, env={**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path())}).model)
     try:
@@ -209,8 +210,6 @@ def test_local_backend_runs_llama_cpp_in_a_child_process_without_torch(llm):
         assert "".join(model.stream(MESSAGES, 12)).strip()
 
         process = model._process
-        import llama_cpp
-
         eog = [t for t in range(llm.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm.llama._model.vocab, t)]
         pieces = model.stream(MESSAGES, 300, logit_bias={t: float("-inf") for t in eog})  # seconds of answer
         next(pieces)
