@@ -128,10 +128,10 @@ def main() -> None:
     print(f"model {model.path.name}, n_ctx {model.n_ctx}, threads {config.model.n_threads or os.cpu_count()}, "
           f"{args.tokens} tokens per run, median of {args.repeats}")
     print(f"{'':32}{'first token (ms)':>18}{'tokens/s':>12}")
-    p_first = p_rate = None
-    for name, measured in runs.items():
-        first, rate = statistics.median(r[0] for r in measured) * 1000, statistics.median(r[1] for r in measured)
-        p_first, p_rate = (first, rate) if p_first is None else (p_first, p_rate)
+    medians = {name: (statistics.median(r[0] for r in measured) * 1000, statistics.median(r[1] for r in measured))
+               for name, measured in runs.items()}
+    p_first, p_rate = medians["plain create_chat_completion"]
+    for name, (first, rate) in medians.items():
         against = "" if name.startswith("plain") else f"   ({first - p_first:+.1f} ms, {(rate - p_rate) / p_rate:+.1%})"
         print(f"{name:32}{first:18.1f}{rate:12.1f}{against}")
     print("(targets for the engine against plain: <= +20 ms to the first token, <= 5% slower)")
