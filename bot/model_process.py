@@ -2,11 +2,12 @@
 
 Why a process of its own: a CUDA build of llama.cpp and torch's CUDA libraries crash in one process
 (measured on an H200 with CUDA 13: loading a model after torch had started CUDA was a segmentation
-fault, importing torch after a model an abort), and the bot's embedder is torch. The child imports
-llama.cpp and never torch, so models get every layer on the GPU beside a GPU embedder. An answer's
+fault, importing torch after a model an abort), and the bot's embedder is torch. The child
+(bot.model_child) imports llama.cpp before anything else and never torch, so models get every layer on
+the GPU beside a GPU embedder. An answer's
 tokens come back one message each (microseconds, against ~4 ms a token on a GPU).
 
-Messages, pickled tuples (the two ends are the same program):
+Messages, pickled tuples:
   bot -> child:  (kind, file name, what to load) once; then ("call", id, method, args)
                  ("stream", id, messages, max_tokens, logit_bias)  ("cancel", id)
   child -> bot:  ("ready", info) or ("failed", reason) once; then ("result", id, value)  ("piece", id, text)
@@ -18,18 +19,18 @@ again for the next request.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import itertools
 import logging
-import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -41,7 +42,14 @@ from bot.safety.guard import GuardError, GuardVerdict, Stage, latency
 
 log = logging.getLogger(__name__)
 
-_CALLS = {"model": {"count"}, "guard": {"check"}}  # what each kind of child answers to "call"
+def _how_it_ended(status: int | None) -> str:
+    """"was killed by SIGSEGV" for a crash, "exited with status 1" otherwise (Popen's returncode)."""
+    if status is None:
+        return "closed its connection"
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"
 
 
 class ChildProcess:
@@ -65,13 +73,13 @@ class ChildProcess:
             if self._process is not None and self._process.poll() is None and self._connection is not None:
                 return
             if self._process is not None:
-                log.warning("%s process exited with status %s; starting it again", self.kind, self._process.poll())
+                log.warning("%s process %s; starting it again", self.kind, _how_it_ended(self._process.poll()))
                 self._stop()
             self.restarts += 1
             ours, theirs = socket.socketpair()
             with theirs:
                 self._process = subprocess.Popen(
-                    [sys.executable, "-m", "bot.model_process", str(theirs.fileno()), str(logging.getLogger().level)],
+                    [sys.executable, "-m", "bot.model_child", str(theirs.fileno()), str(logging.getLogger().level)],
                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     start_new_session=True)  # Ctrl-C is for the bot, which then closes the connection
             connection = Connection(ours.detach())
@@ -81,7 +89,7 @@ class ChildProcess:
                     raise self.error(f"the {self.kind} process did not load {self.name} within {self.start_timeout_s:.0f} s")
                 status, info = connection.recv()
             except (EOFError, OSError):
-                status, info = "failed", (f"the {self.kind} process exited with status {self._process.wait()} while "
+                status, info = "failed", (f"the {self.kind} process {_how_it_ended(self._process.wait())} while "
                                           f"loading {self.name} (see the log above)")
             except self.error:
                 connection.close()
@@ -242,71 +250,3 @@ class ProcessGuard(ChildProcess):
 
     def latency(self) -> tuple[int, float, float]:
         return latency(self.timings)
-
-
-def _load(kind: str, spec: tuple):
-    if kind == "model":
-        from bot.llm import LocalModel
-
-        model = LocalModel(*spec)
-        return model, {"layers": model.layers, "layers_on_gpu": model.layers_on_gpu, "fixed": model.overhead(0),
-                       "per_message": model.overhead(1) - model.overhead(0), "describe": model.describe()}
-    from bot.safety.guard import Guard
-
-    guard = Guard(*spec)
-    return guard, {"describe": guard.describe()}
-
-
-def _serve(connection: Connection) -> None:
-    kind, name, spec = connection.recv()
-    try:
-        model, info = _load(kind, spec)
-    except Exception as e:  # noqa: BLE001 - any reason to fail goes back to the bot, which says it
-        connection.send(("failed", str(e) if isinstance(e, (ModelError, GuardError)) else
-                         f"the {kind} process could not load {name}: {type(e).__name__}: {e}"))
-        return
-    connection.send(("ready", info))
-    send_lock = threading.Lock()
-    cancels: dict[int, threading.Event] = {}
-
-    def send(*message) -> None:
-        with send_lock:
-            connection.send(message)
-
-    def answer(rid: int, messages, max_tokens: int, logit_bias) -> None:
-        try:
-            for piece in model.stream(messages, max_tokens, cancels[rid], logit_bias=logit_bias):
-                send("piece", rid, piece)
-            send("done", rid, model.last_timings)
-        except Exception as e:  # noqa: BLE001 - the bot turns it into the user's error message
-            send("error", rid, str(e))
-        finally:
-            del cancels[rid]
-
-    answers = ThreadPoolExecutor(1, thread_name_prefix="answer")  # one sequence: answers take turns
-    while True:
-        try:
-            message = connection.recv()
-        except (EOFError, OSError):
-            return  # the bot closed its end or died
-        op, rid = message[0], message[1]
-        if op == "call" and message[2] in _CALLS[kind]:
-            # Counting tokens reads only the vocabulary: safe beside an answer being decoded. Guard
-            # checks take turns here, as they did on the guard's lock.
-            try:
-                send("result", rid, getattr(model, message[2])(*message[3]))
-            except Exception as e:  # noqa: BLE001
-                send("error", rid, str(e))
-        elif op == "stream":
-            cancels[rid] = threading.Event()
-            answers.submit(answer, rid, *message[2:])
-        elif op == "cancel" and (event := cancels.get(rid)) is not None:
-            event.set()
-
-
-if __name__ == "__main__":
-    fd, level = int(sys.argv[1]), int(sys.argv[2])
-    logging.basicConfig(level=level or logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    _serve(Connection(fd))
-    os._exit(0)  # without waiting on llama.cpp's teardown or an answer still being cancelled

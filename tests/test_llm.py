@@ -223,6 +223,15 @@ def test_local_backend_runs_llama_cpp_in_a_child_process_without_torch(llm):
     assert model._process is None
 
 
+def test_the_model_child_loads_llama_cpp_before_numpy():
+    """On an H200 a child that had loaded numpy first died of a segmentation fault while loading the model
+    (see bot/model_child.py); this CPU build cannot crash that way, so the order itself is checked."""
+    code = ("import sys, bot.model_child; loaded = list(sys.modules); "
+            "print(loaded.index('llama_cpp.llama_cpp') < loaded.index('numpy'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True"
+
+
 def test_local_backend_says_why_the_model_did_not_load(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + bytes(64))  # the right magic, then nothing llama.cpp can read
