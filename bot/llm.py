@@ -518,7 +518,6 @@ def _one_output_per_batch():
             raw.llama_context_default_params = default
 
 
-
 def _drain(stream, tail: list[bytes]) -> None:
     for line in stream:  # keeps the pipe from filling up; the last lines explain a failed start
         tail.append(line)
