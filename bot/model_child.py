@@ -1,16 +1,17 @@
 """The child process of bot.model_process: holds one llama.cpp model and answers the bot's requests.
 
 llama.cpp's libraries are loaded before anything else. On an H200 (2026-12-03) this child, loading
-llama.cpp's CUDA build after numpy (which the safety modules import), died of a segmentation fault
-while loading the model, with no Python trace; the same model loaded fine in a process that loaded
-llama.cpp first, as `import llama_cpp` alone does. Mixing the two orders is a known cause of such
-crashes with llama-cpp-python.
+llama.cpp's CUDA build after numpy (which the safety modules import), was killed by a segmentation
+fault while loading the model; the same model loaded fine in processes that loaded llama.cpp first,
+as `import llama_cpp` alone does. Crashes of llama-cpp-python after numpy or pandas were loaded first
+are reported elsewhere too (abetlen/llama-cpp-python#1581). The likely cause, not yet confirmed on a GPU.
 
     python -m bot.model_child FD LOG_LEVEL      (started by bot.model_process, never by hand)
 """
 
 import llama_cpp  # noqa: F401, I001 - first: see above
 
+import faulthandler
 import logging
 import os
 import sys
@@ -85,6 +86,7 @@ def _serve(connection: Connection) -> None:
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a crash in llama.cpp prints the Python stack that led there, into the bot's log
     fd, level = int(sys.argv[1]), int(sys.argv[2])
     logging.basicConfig(level=level or logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
