@@ -4,8 +4,8 @@ Why a process of its own: a CUDA build of llama.cpp and torch's CUDA libraries c
 (measured on an H200 with CUDA 13: loading a model after torch had started CUDA was a segmentation
 fault, importing torch after a model an abort), and the bot's embedder is torch. The child
 (bot.model_child) imports llama.cpp before anything else and never torch, so models get every layer on
-the GPU beside a GPU embedder. An answer's
-tokens come back one message each (microseconds, against ~4 ms a token on a GPU).
+the GPU beside a GPU embedder. An answer's tokens come back one message each (microseconds, against
+~4 ms a token on a GPU).
 
 Messages, pickled tuples:
   bot -> child:  (kind, file name, what to load) once; then ("call", id, method, args)
@@ -41,6 +41,7 @@ from bot.model_files import check_model_file, model_path
 from bot.safety.guard import GuardError, GuardVerdict, Stage, latency
 
 log = logging.getLogger(__name__)
+
 
 def _how_it_ended(status: int | None) -> str:
     """"was killed by SIGSEGV" for a crash, "exited with status 1" otherwise (Popen's returncode)."""
