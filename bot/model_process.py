@@ -104,6 +104,11 @@ class ChildProcess:
             self._started(info)
             threading.Thread(target=self._read, args=(connection,), daemon=True, name=f"{self.kind}-process").start()
 
+    @property
+    def _gone(self) -> str:
+        """What a request in flight, or sent after the child died, ends with."""
+        return f"the {self.kind} process exited; it is started again for the next request"
+
     def _started(self, info: dict) -> None:
         """What the child said of its model once loaded."""
 
@@ -119,7 +124,7 @@ class ChildProcess:
             self._connection = None
         for rid, (sent_on, replies) in list(self._replies.items()):
             if sent_on is connection:
-                replies.put(("error", rid, f"the {self.kind} process exited; it is started again for the next request"))
+                replies.put(("error", rid, self._gone))
 
     def _request(self, *message) -> tuple[int, queue.SimpleQueue]:
         self._ensure_running()
@@ -129,7 +134,7 @@ class ChildProcess:
             with self._send_lock:
                 connection.send((message[0], rid, *message[1:]))
         except (OSError, AttributeError):  # the child died since _ensure_running
-            replies.put(("error", rid, f"the {self.kind} process exited; it is started again for the next request"))
+            replies.put(("error", rid, self._gone))
         return rid, replies
 
     def _send(self, *message) -> None:
