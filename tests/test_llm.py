@@ -128,8 +128,7 @@ def test_native_sampling_bans_tokens_and_reuses_the_kv_prefix(llm):
     assert llm.llama.n_tokens == len(first_prompt) + 23  # the prompt and all answer tokens but the last
     # Greedy, same prompt: the same text as llama-cpp-python's own generate() loop.
     greedy = list(llm.stream(MESSAGES, 12))
-    python = list(llm.stream(MESSAGES, 12, logits_processor=llama_cpp.LogitsProcessorList([lambda ids, s: s])))
-    assert "".join(greedy) == "".join(python)
+    assert "".join(greedy) == _generate_greedily(llm, MESSAGES, 12)
     # The next turn extends the prompt: only the new tokens are decoded, the rest stays in the KV cache.
     follow_up = MESSAGES + [{"role": "assistant", "content": "".join(greedy)}, {"role": "user", "content": "Why?"}]
     tokens = llm.tokenize_prompt(follow_up)
@@ -141,6 +140,34 @@ def test_native_sampling_bans_tokens_and_reuses_the_kv_prefix(llm):
     finally:
         del llm.llama.eval
     assert kept[0] >= len(first_prompt) and kept[0] < len(tokens)
+
+
+def _generate_greedily(llm, messages, max_tokens: int) -> str:
+    """llama-cpp-python's own generation loop, greedy: the reference for LocalModel's."""
+    import llama_cpp
+
+    tokens = []
+    for token in llm.llama.generate(llm.tokenize_prompt(messages), temp=0):
+        if llama_cpp.llama_vocab_is_eog(llm.llama._model.vocab, token) or len(tokens) == max_tokens:
+            break
+        tokens.append(token)
+    return llm.llama.detokenize(tokens).decode("utf-8", "replace")
+
+
+def test_candidates_picked_in_the_graph_sample_as_on_the_cpu(llm):
+    """On a GPU the 40 likeliest tokens are found in llama.cpp's graph (there, on the GPU); llama.cpp
+    runs that graph sampler on the CPU too, so its choices are checked here against the CPU chain's."""
+    import llama_cpp
+
+    config = load_config(None, env={**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()), "BOT_MODEL_TEMPERATURE": "0"})
+    model = LocalModel(config.model)
+    assert model.layers_on_gpu == 0 and not hasattr(model, "_graph_sampler")  # this CPU build samples on the CPU
+    model.pick_candidates_in_graph()
+    question = [MESSAGES[0], {"role": "user", "content": "Name three colours of the rainbow."}]
+    assert "".join(model.stream(question, 16)) == _generate_greedily(llm, question, 16)
+    assert llama_cpp.llama_get_sampled_candidates_count_ith(model.llama.ctx, -1) == 40  # what the CPU chain got
+    eog = [t for t in range(model.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(model.llama._model.vocab, t)]
+    assert len(list(model.stream(question, 20, logit_bias={t: float("-inf") for t in eog}))) == 20  # bans still hold
 
 
 def test_server_backend_starts_supervises_and_stops_its_server(llm):
