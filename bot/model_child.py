@@ -1,10 +1,11 @@
 """The child process of bot.model_process: holds one llama.cpp model and answers the bot's requests.
 
-llama.cpp's libraries are loaded before anything else. On an H200 (2026-12-03) this child, loading
-llama.cpp's CUDA build after numpy (which the safety modules import), was killed by a segmentation
-fault while loading the model; the same model loaded fine in processes that loaded llama.cpp first,
-as `import llama_cpp` alone does. Crashes of llama-cpp-python after numpy or pandas were loaded first
-are reported elsewhere too (abetlen/llama-cpp-python#1581). The likely cause, not yet confirmed on a GPU.
+llama.cpp's libraries are loaded before anything else. On an H200 (2026-12-03), with llama.cpp's CUDA
+build made on that machine, a child that imported numpy first (as the safety modules do) was killed
+by a segmentation fault while loading the model, every time; one that imported llama.cpp first loaded
+it every time (two runs, each checking both orders, with and without a session of its own). Crashes of
+llama-cpp-python after numpy or pandas were loaded first are reported elsewhere too
+(abetlen/llama-cpp-python#1581).
 
     python -m bot.model_child FD LOG_LEVEL      (started by bot.model_process, never by hand)
 """
