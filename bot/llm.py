@@ -138,6 +138,9 @@ class LocalModel:
         """
         import llama_cpp as lc
 
+        if not hasattr(lc, "llama_set_sampler"):  # llama-cpp-python before llama.cpp's backend sampling
+            log.info("this llama-cpp-python samples on the CPU only")
+            return
         # The chain must outlive the context: kept here, never freed.
         self._graph_sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         lc.llama_sampler_chain_add(self._graph_sampler, lc.llama_sampler_init_top_k(TOP_K))
