@@ -148,7 +148,7 @@ class LocalModel:
             log.warning("llama.cpp could not take the top-%d sampler into its graph; sampling on the CPU", TOP_K)
             return
         self.llama.eval([max(self.llama.token_bos(), 0)])
-        self.llama.n_tokens = 0  # that token is dropped from the cache by the next prompt
+        self.llama.reset()  # the next prompt's eval drops that token from the cache
 
     def _special_text(self, token: int) -> str:
         return self.llama.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
