@@ -117,12 +117,17 @@ def test_openai_backend_unreachable_is_a_clear_error():
         RemoteModel(config.model)
 
 
-def test_native_sampling_bans_tokens_and_reuses_the_kv_prefix(llm):
+def _ban_end_of_turn(model) -> dict[int, float]:
+    """A logit_bias that bans the model's end-of-turn tokens, so an answer runs to max_tokens."""
     import llama_cpp
 
-    eog = [t for t in range(llm.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm.llama._model.vocab, t)]
+    vocab = model.llama._model.vocab
+    return {t: float("-inf") for t in range(model.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+
+
+def test_native_sampling_bans_tokens_and_reuses_the_kv_prefix(llm):
     # With end-of-turn banned in llama.cpp's own sampler chain, the answer runs to max_tokens exactly.
-    pieces = list(llm.stream(MESSAGES, 24, logit_bias={t: float("-inf") for t in eog}))
+    pieces = list(llm.stream(MESSAGES, 24, logit_bias=_ban_end_of_turn(llm)))
     assert len(pieces) == 24
     first_prompt = llm.tokenize_prompt(MESSAGES)
     assert llm.llama.n_tokens == len(first_prompt) + 23  # the prompt and all answer tokens but the last
@@ -159,15 +164,13 @@ def test_candidates_picked_in_the_graph_sample_as_on_the_cpu(llm):
     runs that graph sampler on the CPU too, so its choices are checked here against the CPU chain's."""
     import llama_cpp
 
-    config = load_config(None, env={**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()), "BOT_MODEL_TEMPERATURE": "0"})
-    model = LocalModel(config.model)
+    model = LocalModel(llm.config)  # greedy, as every model of these tests
     assert model.layers_on_gpu == 0 and not hasattr(model, "_graph_sampler")  # this CPU build samples on the CPU
     model.pick_candidates_in_graph()
     question = [MESSAGES[0], {"role": "user", "content": "Name three colours of the rainbow."}]
     assert "".join(model.stream(question, 16)) == _generate_greedily(llm, question, 16)
     assert llama_cpp.llama_get_sampled_candidates_count_ith(model.llama.ctx, -1) == 40  # what the CPU chain got
-    eog = [t for t in range(model.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(model.llama._model.vocab, t)]
-    assert len(list(model.stream(question, 20, logit_bias={t: float("-inf") for t in eog}))) == 20  # bans still hold
+    assert len(list(model.stream(question, 20, logit_bias=_ban_end_of_turn(model)))) == 20  # bans still hold
 
 
 def test_server_backend_starts_supervises_and_stops_its_server(llm):
@@ -205,7 +208,6 @@ def test_server_backend_names_a_missing_binary():
 def test_local_backend_runs_llama_cpp_in_a_child_process_without_torch(llm):
     """The same answers, counts and KV reuse as LocalModel, from a process that never loads torch (whose
     CUDA libraries crash beside a CUDA build of llama.cpp); it is started again if it dies."""
-    import llama_cpp
     import torch  # noqa: F401 - this process has torch, as the bot does
 
     from bot.llm import load_model
@@ -237,8 +239,7 @@ def test_local_backend_runs_llama_cpp_in_a_child_process_without_torch(llm):
         assert "".join(model.stream(MESSAGES, 12)).strip()
 
         process = model._process
-        eog = [t for t in range(llm.llama.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm.llama._model.vocab, t)]
-        pieces = model.stream(MESSAGES, 300, logit_bias={t: float("-inf") for t in eog})  # seconds of answer
+        pieces = model.stream(MESSAGES, 300, logit_bias=_ban_end_of_turn(llm))  # seconds of answer
         next(pieces)
         process.kill()  # as if llama.cpp crashed mid-answer: the answer ends with the reason
         with pytest.raises(ModelError, match="the model process exited; it is started again"):
