@@ -35,7 +35,6 @@ from bot.scheduler import Scheduler  # noqa: E402
 from knowledge.base import Passage  # noqa: E402
 
 
-
 def messages(run: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": f"Run {run}. You are a helpful assistant. Answer in detail."},
             {"role": "user", "content": "Explain how a library lends books, step by step."}]
