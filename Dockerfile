@@ -18,11 +18,12 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
 COPY patches /build/patches
-# The patch adds GGML_CUDA_MMQ_MAX_BATCH (set below): prompt prefill on cuBLAS, decoding on MMQ.
+# The patches add GGML_CUDA_MMQ_MAX_BATCH (set below: prompt prefill on cuBLAS, decoding on MMQ) and
+# LLAMA_SERVER_GRAPH_TOP_K (the bot sets it: llama-server picks each token's candidates on the GPU).
 RUN pip download --no-deps --no-binary=:all: "llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}" -d sdist \
  && mkdir llama-cpp-python \
  && tar xzf sdist/llama_cpp_python-*.tar.gz -C llama-cpp-python --strip-components=1 \
- && patch -p1 -d llama-cpp-python/vendor/llama.cpp < patches/llama-cpp-mmq-max-batch.patch
+ && for p in patches/*.patch; do patch -p1 -d llama-cpp-python/vendor/llama.cpp < "$p" || exit 1; done
 # The same llama.cpp flags as benchmarks/gpu_bench.sh (tests/test_docker.py checks that they agree).
 # GGML_NATIVE=OFF: no -march=native, so the image runs on any x86-64 CPU. The linker flag lets the
 # binaries link against the CUDA driver stub here; the real libcuda comes from the host at run time.

@@ -37,8 +37,9 @@ if [ ! -f "$SRC/pyproject.toml" ]; then
   for f in "$DIST"/llama_cpp_python-*.tar.gz "$DIST"/llama-src.tar.*; do [ -f "$f" ] && archive=$f && break; done
   [ -n "$archive" ] || { echo "no llama-cpp-python sdist in $DIST" >&2; exit 1; }
   tar xf "$archive" -C "$SRC" --strip-components=1
-  # GGML_CUDA_MMQ_MAX_BATCH: prompt prefill on cuBLAS, decoding on MMQ (patches/, as in the Dockerfile)
-  patch -p1 -d "$SRC/vendor/llama.cpp" < "$REPO/patches/llama-cpp-mmq-max-batch.patch" >/dev/null
+  # patches/, as in the Dockerfile: GGML_CUDA_MMQ_MAX_BATCH (prompt prefill on cuBLAS, decoding on MMQ)
+  # and LLAMA_SERVER_GRAPH_TOP_K (llama-server picks each token's candidates in the graph)
+  for p in "$REPO"/patches/*.patch; do patch -p1 -d "$SRC/vendor/llama.cpp" < "$p" >/dev/null; done
 fi
 
 # The same llama.cpp flags as the Dockerfile (tests/test_docker.py checks they agree).

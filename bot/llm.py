@@ -383,7 +383,8 @@ class ServerModel(RemoteModel):
 
     def __init__(self, config: ModelConfig, path: Path | None = None, start_timeout_s: float = 300.0):
         self.path = path or model_path(config)
-        check_model_file(self.path, config.n_gpu_layers)
+        on_gpu = check_model_file(self.path, config.n_gpu_layers)
+        self.environment = dict(os.environ, **server_speed_env(on_gpu and config.n_gpu_layers < 0))
         self.start_timeout_s = start_timeout_s
         self._python_server = config.server_binary == "llama_cpp.server"
         if not self._python_server and shutil.which(config.server_binary) is None:
@@ -425,7 +426,7 @@ class ServerModel(RemoteModel):
                 log.warning("model server exited with status %s; starting it again", self._process.returncode)
             self.restarts += 1
             self._process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.PIPE, start_new_session=True)
+                                             stderr=subprocess.PIPE, start_new_session=True, env=self.environment)
             stderr_tail: list[bytes] = []
             threading.Thread(target=_drain, args=(self._process.stderr, stderr_tail), daemon=True).start()
             deadline = time.monotonic() + self.start_timeout_s
@@ -499,6 +500,17 @@ def server_speed_flags(n_batch: int) -> list[str]:
     """
     batch = str(max(n_batch, GPU_PREFILL_BATCH))
     return ["--cache-ram", "0", "-b", batch, "-ub", batch]
+
+
+def server_speed_env(whole_model_on_gpu: bool) -> dict[str, str]:
+    """The environment llama-server gets for speed (the GPU benchmark's raw llama-server too).
+
+    LLAMA_SERVER_GRAPH_TOP_K (patches/llama-server-graph-top-k.patch): each slot keeps a top-40
+    sampler in llama.cpp's graph, as LocalModel.pick_candidates_in_graph does, so the CPU sampler
+    chain weighs 40 candidates instead of 128k logits. Only with the whole model on a GPU: there the
+    graph picks them in microseconds. A llama-server without the patch ignores it.
+    """
+    return {"LLAMA_SERVER_GRAPH_TOP_K": str(TOP_K)} if whole_model_on_gpu else {}
 
 
 _params_lock = threading.Lock()

@@ -48,8 +48,9 @@ def model_path(config: ModelConfig) -> Path:
                              f"{manual}") from None
 
 
-def check_model_file(path: Path, n_gpu_layers: int) -> None:
-    """Refuse a file that is not a GGUF, or larger than the memory it would be loaded into."""
+def check_model_file(path: Path, n_gpu_layers: int) -> bool:
+    """Refuse a file that is not a GGUF, or larger than the memory it would be loaded into; True when
+    that memory is a GPU's."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic != GGUF_MAGIC:
@@ -61,6 +62,7 @@ def check_model_file(path: Path, n_gpu_layers: int) -> None:
     if free is not None and size * _HEADROOM > free:
         raise ModelFileError(f"{path.name} is {size / 1e9:.1f} GB but only {free / 1e9:.1f} GB of {where} is free; "
                              f"use a smaller quantization, free memory, or lower model.n_gpu_layers")
+    return gpu_free is not None
 
 
 def proc_kib(path: str, key: str) -> int:
