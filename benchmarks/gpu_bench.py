@@ -13,10 +13,11 @@ or directly, once those exist:
 
 Rows (flash attention on everywhere, end-of-turn tokens banned so every answer has its full length):
 - llama-bench pp512/pp2048/tg128, and llama-server -np 16 with 1 and 16 client(s) at once: the raw
-  llama.cpp reference, run twice: "stock" (llama.cpp's default flags, GGML_CUDA_MMQ_MAX_BATCH unset)
-  and with the engine's flags (bot.llm.server_speed_flags: -ub 2048, --cache-ram 0; and
-  GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch: the patch in patches/ sends prompt batches above that size
-  to cuBLAS), so the table shows what each change brings.
+  llama.cpp reference, run twice: "stock" (llama.cpp's default flags, the patches' switches unset)
+  and with the engine's flags (bot.llm.server_speed_flags: -ub 2048, --cache-ram 0; and the switches
+  of the patches in patches/: GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch sends prompt batches above that
+  size to cuBLAS, bot.llm.server_speed_env picks each token's candidates in the graph), so the table
+  shows what each change brings.
 - "engine": this project's bot.pipeline.Pipeline.answer (scheduler, memory in SQLite, prompt builder,
   chat template, streaming to the event loop) on the two GPU backends: model.backend = "local"
   (llama-cpp-python in the bot's child process, native sampler loop) and model.backend = "server" (the bot
@@ -55,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import load_config  # noqa: E402
-from bot.llm import ServerModel, _free_port, server_speed_flags  # noqa: E402
+from bot.llm import ServerModel, _free_port, server_speed_env, server_speed_flags  # noqa: E402
 from bot.model_process import ProcessModel  # noqa: E402
 from bot.memory import Memory  # noqa: E402
 import bot.pipeline  # noqa: E402
@@ -71,7 +72,7 @@ WORDS = ("the report revenue quarter growth customer market product service cost
          "decrease percent million billion total adjusted basis note statement section table page").split()
 ROWS: list[tuple[str, str, str, str]] = []  # sections that failed: (what, reason, "", "")
 FIGURES: dict[str, float] = {}
-SPENT: dict[str, list[float]] = {}  # seconds per answer in the steps before the model starts (engine_runs)
+SPENT: dict[str, list[float]] = {}  # seconds per answer in pipeline steps (engine_runs) and after its last piece (ask)
 
 
 def row(what: str, raw: str = "", engine: str = "", target: str = "") -> None:
@@ -227,8 +228,9 @@ def concurrent_prompts(n: int, words_per_passage: int) -> list[list[dict]]:
 
 
 def stock_env() -> dict[str, str]:
-    """The environment without the patch's switch: llama.cpp exactly as it ships."""
-    return {k: v for k, v in os.environ.items() if k != "GGML_CUDA_MMQ_MAX_BATCH"}
+    """The environment without the patches' switches: llama.cpp exactly as it ships."""
+    switches = {"GGML_CUDA_MMQ_MAX_BATCH", *server_speed_env(True)}
+    return {k: v for k, v in os.environ.items() if k not in switches}
 
 
 @section("llama-server -np 16")
@@ -236,7 +238,8 @@ def raw_server(args) -> None:
     """llama-server with its default flags (the reference), then with the engine's (see ServerModel.command)."""
     tuned = server_speed_flags(load_config(None, env={}).model.n_batch)
     for variant, extra, env in (("stock", [], stock_env()),
-                                ("tuned", tuned, dict(stock_env(), GGML_CUDA_MMQ_MAX_BATCH=str(args.mmq_max_batch)))):
+                                ("tuned", tuned, dict(stock_env(), GGML_CUDA_MMQ_MAX_BATCH=str(args.mmq_max_batch),
+                                                       **server_speed_env(True)))):
         process, port = start_raw_server(args, 16, 2048 if variant == "stock" else 8192, extra, env)
         try:
             prompts = concurrent_prompts(17, args.words_1200)
@@ -273,17 +276,20 @@ def engine_config(args, data_dir: Path, **model):
 
 
 async def ask(pipeline: Pipeline, guild: str, channel: str, question: str):
+    """Seconds to the first piece, pieces, seconds from the first piece to the last, the answer. The
+    answer's final steps after its last piece (output check, saving it) go to SPENT["finish"]."""
     started = time.perf_counter()
-    first, pieces, answer = None, 0, None
+    first, last, pieces, answer = None, None, 0, None
     async for event in pipeline.answer(guild, channel, Author("1", "Ada"), question):
         if isinstance(event, Piece):
-            first = first or time.perf_counter()
+            last = time.perf_counter()
+            first = first or last
             pieces += 1
         elif isinstance(event, Done):
             answer = event
-    end = time.perf_counter()
+    SPENT.setdefault("finish", []).append(time.perf_counter() - last)
     assert answer is not None and answer.status == "answer", answer
-    return first - started, pieces, end - first, answer.text
+    return first - started, pieces, last - first, answer.text
 
 
 def first_token_s(llm, messages) -> float:
@@ -329,11 +335,13 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         # but the system prompt.
         await ask(pipeline, "g-single-0", "warm", "What does the report say about the budget?")
         firsts, rates = [], []
+        SPENT.clear()
         for i in range(1, 4):
             first, pieces, rest, _ = await ask(pipeline, f"g-single-{i}", f"single-{i}",
                                                "What does the report say about the budget for the next quarter?")
             firsts.append(first)
             rates.append((config.chat.max_answer_tokens - 1) / rest)
+        FIGURES[f"{name} finish ms"] = 1000 * statistics.median(SPENT["finish"])
         return statistics.median(firsts), statistics.median(rates)
 
     async def second_turn():
@@ -497,7 +505,8 @@ def table(args) -> str:
         f"server {fmt('server first', '.3f')} / local {fmt('local first', '.3f')} (retrieval included)", "<= 0.25")
     add("one channel, decode tokens/s seen by the user",
         f"llama-server 1 client, stock {fmt('raw stock 1 decode', '.1f')} / engine's flags {fmt('raw tuned 1 decode', '.1f')}",
-        f"server {fmt('server decode', '.1f')} / local {fmt('local decode', '.1f')}", ">= 240")
+        f"server {fmt('server decode', '.1f')} / local {fmt('local decode', '.1f')} (first piece to last; the answer "
+        f"checked and saved {fmt('server finish ms', '.1f')} / {fmt('local finish ms', '.1f')} ms after it)", ">= 240")
     add("16 channels at once, ~1,200-token prompts, 128-token answers: tokens/s in total",
         f"llama-server -np 16, stock {fmt('raw stock 16 tokens/s', '.0f')} (first token p95 {fmt('raw stock 16 first p95', '.2f')} s) "
         f"/ engine's flags {fmt('raw tuned 16 tokens/s', '.0f')} (p95 {fmt('raw tuned 16 first p95', '.2f')} s)",
