@@ -10,11 +10,10 @@ whether each answer is identical. Exit status 1 if any differs.
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
+
+from llama_server import start_llama_server  # benchmarks/, this script's folder
 
 QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "Name three colours and say why the sky is blue."}]
@@ -29,29 +28,6 @@ CASES = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(binary: str, model: str, flags: list[str], env: dict[str, str]):
-    port = free_port()
-    process = subprocess.Popen([binary, "-m", model, "--port", str(port), "-np", "2", "-c", "4096", "--jinja",
-                                "--no-webui", *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=dict(os.environ, **env))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process, port
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"{binary} did not start")
-
-
 def ask(port: int, options: dict) -> str:
     body = {"messages": QUESTION, "max_tokens": 48, "seed": 7, **options}
     request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", json.dumps(body).encode(),
@@ -64,7 +40,8 @@ def main() -> None:
     binary, model, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
     answers = []
     for env in ({}, {"LLAMA_SERVER_GRAPH_TOP_K": "40"}):
-        process, port = start(binary, model, flags, env)
+        process, port = start_llama_server([binary, "-m", model, "-np", "2", "-c", "4096", "--jinja", "--no-webui",
+                                            *flags], dict(os.environ, **env))
         try:
             answers.append({name: ask(port, options) for name, options in CASES.items()})
         finally:

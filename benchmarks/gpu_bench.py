@@ -56,10 +56,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.config import load_config  # noqa: E402
-from bot.llm import ServerModel, _free_port, server_speed_env, server_speed_flags  # noqa: E402
+from bot.llm import ServerModel, server_speed_env, server_speed_flags  # noqa: E402
 from bot.model_process import ProcessModel  # noqa: E402
 from bot.memory import Memory  # noqa: E402
 import bot.pipeline  # noqa: E402
+from llama_server import start_llama_server  # noqa: E402  (benchmarks/, this script's folder)
 from bot.pipeline import Author, Done, Piece, Pipeline  # noqa: E402
 
 EOS = (128001, 128009)  # Llama-3's <|end_of_text|> and <|eot_id|>
@@ -186,21 +187,9 @@ def llama_bench(args) -> None:
 
 
 def start_raw_server(args, parallel: int, n_ctx_per_slot: int, extra: list[str], env: dict[str, str]):
-    port = _free_port()
-    process = subprocess.Popen([str(args.bin / "llama-server"), "-m", str(args.model), "--port", str(port),
-                                "-np", str(parallel), "-c", str(parallel * n_ctx_per_slot), "--cont-batching",
-                                "-fa", "on", "-ngl", "99", "--no-webui", *extra],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return process, port
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("llama-server did not start")
+    return start_llama_server([str(args.bin / "llama-server"), "-m", str(args.model), "-np", str(parallel),
+                               "-c", str(parallel * n_ctx_per_slot), "--cont-batching", "-fa", "on", "-ngl", "99",
+                               "--no-webui", *extra], env, timeout_s=180)
 
 
 def raw_request(port: int, messages, max_tokens: int, results: list, started: float) -> None:
