@@ -168,6 +168,13 @@ def gpu_used_mib() -> float:
     return float(out.strip().splitlines()[0])
 
 
+def memory_after_prompt(llm, args, base: float) -> float:
+    """GPU memory (MiB above base) once the model has prefilled a ~1,800-token prompt: more than at load,
+    since the first long prefill allocates cuBLAS's workspace (GGML_CUDA_MMQ_MAX_BATCH sends it there)."""
+    first_token_s(llm, concurrent_prompts(1, args.words_1800)[0])
+    return gpu_used_mib() - base
+
+
 def p95(values: list[float]) -> float:
     return sorted(values)[max(0, int(round(0.95 * len(values))) - 1)]
 
@@ -406,6 +413,7 @@ def engine_server(args, data_dir: Path, knowledge) -> None:
     one = ServerModel(engine_config(args, data_dir, backend="server", parallel=1).model)
     try:
         FIGURES["server memory np1 c8192"] = gpu_used_mib() - base
+        FIGURES["server memory np1 c8192 prompted"] = memory_after_prompt(one, args, base)
     finally:
         one.close()
     time.sleep(2)
@@ -427,6 +435,7 @@ def engine_local(args, data_dir: Path, knowledge) -> None:
     llm = ProcessModel(config.model)
     try:
         FIGURES["local memory c8192"] = gpu_used_mib() - before
+        FIGURES["local memory c8192 prompted"] = memory_after_prompt(llm, args, before)
         engine_runs(args, "local", llm, data_dir, knowledge, config, concurrent=False)
     finally:
         llm.close()
@@ -510,7 +519,9 @@ def table(args) -> str:
         f"retrieval {fmt('server second turn retrieval ms', '.0f')} ms, prompt {fmt('server second turn prompt ms', '.0f')} ms) "
         f"/ local {fmt('local second turn', '.3f')}", "<= 0.1")
     add("GPU memory, model + 8k context, one sequence (MiB)", "",
-        f"local {fmt('local memory c8192', ',.0f')} / llama-server -np 1 {fmt('server memory np1 c8192', ',.0f')}", "<= 6,656 (6.5 GB)")
+        f"local {fmt('local memory c8192', ',.0f')} / llama-server -np 1 {fmt('server memory np1 c8192', ',.0f')} at load; "
+        f"{fmt('local memory c8192 prompted', ',.0f')} / {fmt('server memory np1 c8192 prompted', ',.0f')} after a "
+        "~1,800-token prompt", "<= 6,656 (6.5 GB)")
     if f("server memory np16 c8192") and f("server memory np1 c8192"):
         extra = (f("server memory np16 c8192") - f("server memory np1 c8192")) / 15
         add("each extra parallel 8k sequence (llama-server -np 16 vs -np 1)", "",
