@@ -241,8 +241,6 @@ def test_missing_embedding_model_says_what_to_do(tmp_path):
 
 
 def test_embedding_on_all_cores_gives_the_same_vectors_in_order(embedder):
-    import numpy as np
-
     texts = [f"passage {i}: " + "revenue " * (i * 7 % 50) for i in range(3 * embedder.batch_size)]
     # Batches made of other texts pad differently, so bfloat16 vectors may differ in the 4th digit.
     cosines = (embedder.encode(texts, all_cores=True) * embedder.encode(texts)).sum(axis=1)

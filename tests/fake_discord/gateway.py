@@ -7,7 +7,6 @@ missed, including events injected while the socket was down.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field
