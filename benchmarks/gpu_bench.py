@@ -14,7 +14,7 @@ or directly, once those exist:
 Rows (flash attention on everywhere, end-of-turn tokens banned so every answer has its full length):
 - llama-bench pp512/pp2048/tg128, and llama-server -np 16 with 1 and 16 client(s) at once: the raw
   llama.cpp reference, run twice: "stock" (llama.cpp's default flags, the patches' switches unset)
-  and with the engine's flags (bot.llm.server_speed_flags: -ub 2048, --cache-ram 0; and the switches
+  and with the engine's flags (bot.llm.server_speed_flags: -ub 1280, --cache-ram 0; and the switches
   of the patches in patches/: GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch sends prompt batches above that
   size to cuBLAS, bot.llm.server_speed_env picks each token's candidates in the graph), so the table
   shows what each change brings.
@@ -430,7 +430,7 @@ def engine_server(args, data_dir: Path, knowledge) -> None:
 @section("engine, model.backend = local")
 def engine_local(args, data_dir: Path, knowledge) -> None:
     """llama.cpp in the bot's child process (bot.model_process), the embedder on the GPU in this one."""
-    config = engine_config(args, data_dir, backend="local")  # on a GPU, 2048-token prompt batches
+    config = engine_config(args, data_dir, backend="local")  # on a GPU, 1280-token prompt batches
     before = gpu_used_mib()
     llm = ProcessModel(config.model)
     try:

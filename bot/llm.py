@@ -69,7 +69,13 @@ def load_model(config: ModelConfig) -> LLM:
 
 
 _GGML_TYPE = {"f16": 1, "q8_0": 8}  # ggml_type values for the KV cache
-GPU_PREFILL_BATCH = 2048  # the least prompt batch on a GPU, both backends: prefills faster there than 512
+# The least prompt batch (and micro-batch) on a GPU, both backends. Larger batches prefill a long prompt
+# faster, and llama.cpp's compute buffer grows with them. On an H200 (2026-12-03, LocalModel, prefill on
+# cuBLAS), GPU memory after a ~1,800-token prompt was 6,571 / 6,637 / 6,705 / 6,763 MiB at 1280 / 1536 /
+# 1792 / 2048; that prompt's first token 0.118 / 0.121 / 0.101-0.106 / 0.100-0.119 s, a follow-up's
+# ~1,070 new tokens (one batch from 1280 on) 79 ms at each size, decode the same. 1280 keeps the model
+# and an 8k context under 6.5 GB once prompted.
+GPU_PREFILL_BATCH = 1280
 TOP_K = 40  # candidates the sampler chain weighs for each token (llama-cpp-python's default)
 
 
@@ -495,8 +501,8 @@ def server_speed_flags(n_batch: int) -> list[str]:
     """The llama-server flags chosen for speed (the GPU benchmark runs raw llama-server with them too).
 
     The host-memory prompt cache (--cache-ram) doubled the first-token time of a new ~1,800-token
-    prompt on an H100 (0.37 s against 0.19 s), so it is off; prompt batches of 2048 tokens prefill
-    faster there than llama-server's default 512.
+    prompt on an H100 (0.37 s against 0.19 s), so it is off; prompt batches of GPU_PREFILL_BATCH tokens
+    prefill faster there than llama-server's default 512.
     """
     batch = str(max(n_batch, GPU_PREFILL_BATCH))
     return ["--cache-ram", "0", "-b", batch, "-ub", batch]
