@@ -46,8 +46,8 @@ def answers(port: int) -> dict[str, str]:
     return got
 
 
-def main() -> None:
-    binary, model, flags = sys.argv[1], sys.argv[2], sys.argv[3:]
+def without_and_with(binary: str, model: str, flags: list[str]) -> list[dict[str, str]]:
+    """The answers of the patched llama-server without the switch, then with it."""
     runs = []
     for env in ({}, {"LLAMA_SERVER_GRAPH_TOP_K": "40"}):
         process, port = start_llama_server([binary, "-m", model, "-np", "2", "-c", "4096", "--jinja", "--no-webui",
@@ -57,6 +57,11 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait()
+    return runs
+
+
+def main() -> None:
+    runs = without_and_with(sys.argv[1], sys.argv[2], sys.argv[3:])
     differ = [name for name in runs[0] if runs[0][name] != runs[1][name]]
     for name in runs[0]:
         print(f"{name}: {'DIFFERENT' if name in differ else 'same'}: {runs[1][name][:60]!r}")
