@@ -73,10 +73,10 @@ def load_model(config: ModelConfig) -> LLM:
 _GGML_TYPE = {"f16": 1, "q8_0": 8}  # ggml_type values for the KV cache
 # The least prompt batch (and micro-batch) on a GPU, both backends. Larger batches prefill a long prompt
 # faster, and llama.cpp's compute buffer grows with them. On an H200 (2026-12-03, LocalModel, prefill on
-# cuBLAS), GPU memory after a ~1,800-token prompt was 6,571 / 6,637 / 6,705 / 6,763 MiB at 1280 / 1536 /
-# 1792 / 2048; that prompt's first token 0.118 / 0.121 / 0.101-0.106 / 0.100-0.119 s, a follow-up's
-# ~1,070 new tokens (one batch from 1280 on) 79 ms at each size, decode the same. 1280 keeps the model
-# and an 8k context under 6.5 GB once prompted.
+# cuBLAS), after a ~1,800-token prompt, at batches of 1280 / 1536 / 1792 / 2048 tokens: GPU memory
+# 6,571 / 6,637 / 6,705 / 6,763 MiB; that prompt's first token 0.118-0.119 / 0.114-0.122 / 0.101-0.106 /
+# 0.097-0.119 s; a follow-up's ~1,070 new tokens (one batch from 1280 on) 79 ms at each size; decode the
+# same. 1280 keeps the model and an 8k context under 6.5 GB once prompted.
 GPU_PREFILL_BATCH = 1280
 TOP_K = 40  # candidates the sampler chain weighs for each token (llama-cpp-python's default)
 
@@ -403,9 +403,9 @@ class ServerModel(RemoteModel):
     last prompt in the KV cache, so a channel's next question only prefills what changed (slots are
     picked by prompt similarity). If the process dies it is started again before the next answer.
     The bot renders the model's chat template itself (the one llama-server reports) and sends the text
-    to /completion: llama-server's own template engine took 4-5 ms more per request of ~4,400 tokens on
-    the 2-core CPU (headers after 9.9 ms from /v1/chat/completions, 5.3 ms from /completion), and up to
-    17 ms of a follow-up question's 0.1 s on the H200 machine.
+    to /completion. llama-server's chat endpoint parses the messages and renders them before the prefill
+    starts: on the 2-core CPU, with a ~4,400-token prompt, its headers came after 9.9 ms against 5.3 ms
+    from /completion given the text; on the H200 machine, 11.5-17 ms into a follow-up question's ~0.1 s.
     server_binary may also be "llama_cpp.server" (llama-cpp-python's own server, one slot, OpenAI chat
     only) for machines without llama-server.
     """
