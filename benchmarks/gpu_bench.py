@@ -155,8 +155,8 @@ class NoEos:
         return self.llm.stream(messages, max_tokens, cancel, logit_bias=BAN, **options)
 
     def prime(self, answer: str) -> None:
-        """A one-token request on the last prompt followed by `answer` as the assistant's message (the
-        server continues it, so its tokens stay in the slot's cache)."""
+        """A one-token request on the last prompt followed by `answer` as the assistant's message: the
+        prompt and the answer's tokens are then in the KV cache (the slot's, for llama-server)."""
         for _ in self.llm.stream([*self.last_messages, {"role": "assistant", "content": answer}], 1):
             pass
 
