@@ -82,20 +82,26 @@ TOP_K = 40  # candidates the sampler chain weighs for each token (llama-cpp-pyth
 
 
 class ChatTemplate:
-    """A model's chat template (Jinja, as stored in its GGUF) rendered into the prompt's text."""
+    """A model's chat template (Jinja, as stored in its GGUF) rendered into the prompt's text.
 
-    def __init__(self, source: str, bos: str, eos: str):
+    Where the tokenizer adds the BOS token itself (`tokenizer_adds_bos`), the BOS the template writes at
+    the start is left out, so the prompt holds one, as llama.cpp's server does for its chat endpoint.
+    """
+
+    def __init__(self, source: str, bos: str, eos: str, tokenizer_adds_bos: bool):
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         self._template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(source)
         self.bos, self.eos = bos, eos
+        self._drop = bos if tokenizer_adds_bos else ""
 
     def render(self, messages: list[Message]) -> str:
         def raise_exception(message: str):
             raise ModelError(f"the model's chat template refused the conversation: {message}")
 
-        return self._template.render(messages=messages, bos_token=self.bos, eos_token=self.eos,
+        text = self._template.render(messages=messages, bos_token=self.bos, eos_token=self.eos,
                                      add_generation_prompt=True, raise_exception=raise_exception)
+        return text[len(self._drop):] if self._drop and text.startswith(self._drop) else text
 
 
 class LocalModel:
@@ -135,9 +141,9 @@ class LocalModel:
         if not template:
             raise ModelError(f"{self.path.name} carries no chat template (tokenizer.chat_template) in its metadata; "
                              f"use a GGUF converted with its template, e.g. an -Instruct model")
-        self._template = ChatTemplate(template, self._special_text(self.llama.token_bos()),
-                                      self._special_text(self.llama.token_eos()))
         self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        self._template = ChatTemplate(template, self._special_text(self.llama.token_bos()),
+                                      self._special_text(self.llama.token_eos()), self._add_bos)
         self._vocab = self.llama._model.vocab
         self.last_timings: dict = {}  # tokens of the last prompt reused from the KV cache (cache_n) and prefilled
         self._is_eog = llama_cpp.llama_vocab_is_eog
@@ -202,12 +208,9 @@ class LocalModel:
         return self._template.render(messages)
 
     def tokenize_prompt(self, messages: list[Message]) -> list[int]:
-        text = self.render(messages)
-        bos = self._template.bos
-        add_bos = self._add_bos and not (bos and text.startswith(bos))
         # special=True turns the template's markers into control tokens; message content is defanged by
         # bot.prompt so that a user or a PDF cannot write those markers itself.
-        return self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self.llama.tokenize(self.render(messages).encode("utf-8"), add_bos=self._add_bos, special=True)
 
     def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
                logit_bias: dict[int, float] | None = None) -> Iterator[str]:
@@ -430,20 +433,20 @@ class ServerModel(RemoteModel):
         self._connections = threading.local()  # each thread's kept-open connection, for token counts
         self._ensure_running()
         super().__init__(config)
-        self._template, self._server_adds_bos = (None, False) if self._python_server else self._chat_template()
+        self._template = None if self._python_server else self._chat_template()
 
-    def _chat_template(self) -> tuple[ChatTemplate | None, bool]:
-        """llama-server's chat template (the GGUF's, or its default), and whether it adds the BOS token to
-        a prompt itself (then the text sent leaves out the BOS that the template writes, as the server
-        does for its chat endpoint)."""
+    def _chat_template(self) -> ChatTemplate | None:
+        """llama-server's chat template (the GGUF's, or its default), told whether the server's tokenizer
+        adds the BOS token to a prompt itself."""
         with urllib.request.urlopen(self._root + "/props", timeout=10) as response:
             props = json.load(response)
         if not props.get("chat_template"):
-            return None, False
-        template = ChatTemplate(props["chat_template"], props.get("bos_token", ""), props.get("eos_token", ""))
-        bos = self._post_json("/tokenize", {"content": template.bos})["tokens"] if template.bos else []
+            return None
+        bos_text = props.get("bos_token", "")
+        bos = self._post_json("/tokenize", {"content": bos_text})["tokens"] if bos_text else []
         added = self._post_json("/tokenize", {"content": "", "add_special": True})["tokens"]
-        return template, bool(bos) and added[:1] == bos[:1]
+        return ChatTemplate(props["chat_template"], bos_text, props.get("eos_token", ""),
+                            bool(bos) and added[:1] == bos[:1])
 
     def command(self) -> list[str]:
         c = self.config
@@ -498,10 +501,7 @@ class ServerModel(RemoteModel):
         if self._template is None:
             yield from super().stream(messages, max_tokens, cancel, logit_bias)
             return
-        prompt = self._template.render(messages)
-        if self._server_adds_bos and self._template.bos and prompt.startswith(self._template.bos):
-            prompt = prompt[len(self._template.bos):]
-        body = {"prompt": prompt, "n_predict": max_tokens, "stream": True, "cache_prompt": True,
+        body = {"prompt": self._template.render(messages), "n_predict": max_tokens, "stream": True, "cache_prompt": True,
                 "temperature": self.config.temperature, "top_p": self.config.top_p}
         if logit_bias:  # false bans a token
             body["logit_bias"] = [[t, False if b == float("-inf") else b] for t, b in logit_bias.items()]
