@@ -1,15 +1,14 @@
 """A llama-server for a benchmark or a check: started on a free port, handed back once /health answers."""
 
-import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bot.llm import free_port  # noqa: E402
 
 
 def start_llama_server(command: list[str], env: dict[str, str], timeout_s: float = 300) -> tuple[subprocess.Popen, int]:

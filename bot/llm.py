@@ -423,7 +423,7 @@ class ServerModel(RemoteModel):
             raise ModelError(f"model.server_binary {config.server_binary!r} is not an executable file or a program on "
                              f"PATH; build llama.cpp's llama-server (cmake --build build --target llama-server) or "
                              f'use model.backend = "local"')
-        port = config.server_port or _free_port()
+        port = config.server_port or free_port()
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
         self.restarts = -1
@@ -602,7 +602,8 @@ def _drain(stream, tail: list[bytes]) -> None:
         del tail[:-20]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server the bot, a benchmark or a test starts)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

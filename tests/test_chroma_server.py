@@ -3,7 +3,6 @@
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.llm import free_port
 from knowledge.base import KnowledgeBase
 from tests.pdfs import make_pdf
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
