@@ -53,7 +53,7 @@ def main() -> None:
     pages, chunks = sum(r.pages for r in done), sum(r.chunks for r in done)
     stage = {s: sum(r.timings[s] for r in done) for s in ("extract", "embed", "store")}
     print(f"{len(done)}/{len(pdfs)} PDFs, {pages} pages, {chunks} chunks, {os.cpu_count()} cores, "
-          f"embedding on {kb.embedder.model.device}")
+          f"embedding on {kb.embedder.model.device} in {kb.embedder.precision}")
     print(f"end to end: {wall:.1f} s = {pages / wall:.1f} pages/s ({chunks / wall:.1f} chunks/s)")
     print(f"extraction and chunking: {stage['extract']:.1f} s in workers ({pages / stage['extract']:.1f} pages/s per worker)")
     print(f"embedding:  {stage['embed']:.1f} s ({chunks / stage['embed']:.1f} chunks/s)")

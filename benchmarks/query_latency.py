@@ -79,7 +79,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     kb.search("warmup", "warm up the model")  # load the embedder outside the timings
     print(f"{'chunks':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  ({args.queries} queries, k=5, "
-          f"embedding on {kb.embedder.model.device})")
+          f"embedding on {kb.embedder.model.device} in {kb.embedder.precision})")
     for size in sorted(args.sizes):
         guild = f"latency{size}"
         fill(kb, guild, size, words, kb.embedder.dimension, rng)
