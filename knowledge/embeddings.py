@@ -169,8 +169,8 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         texts = list(texts)
-        parts = self._cpu_parts() if all_cores else 1
-        if parts > 1 and len(texts) >= 2 * self.batch_size:
+        parts = min(self._cpu_parts() if all_cores else 1, len(texts))
+        if parts > 1:
             slices = [texts[i::parts] for i in range(parts)]
             vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
             for i, part in enumerate(self._share.map(self._encode, slices)):
