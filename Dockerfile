@@ -64,7 +64,6 @@ ENV PATH=/opt/venv/bin:/opt/llama/bin:$PATH \
     HF_HOME=/app/models/huggingface \
     GGML_CUDA_MMQ_MAX_BATCH=128 \
     BOT_MODEL_BACKEND=server \
-    BOT_KNOWLEDGE_EMBEDDING_BATCH_SIZE=256 \
     BOT_MODEL_SERVER_BINARY=/opt/llama/bin/llama-server \
     BOT_MODEL_MODELS_DIR=/app/models \
     BOT_DATA_DIR=/app/data

@@ -451,7 +451,7 @@ def ingestion(args, embedder) -> None:
         return
     out = Path(tempfile.mkdtemp(prefix="gpu-bench-ingest-")) / "ingest.json"
     command = [sys.executable, str(Path(__file__).with_name("ingest_speed.py")), str(args.pdfs), "--device", args.device,
-               "--embedder", embedder.model_name, "--batch-size", str(embedder.batch_size), "--json", str(out)]
+               "--embedder", embedder.model_name, "--json", str(out)]
     status = subprocess.run(command).returncode
     if status != 0 or not out.exists():  # e.g. chromadb's wheels were not brought along
         row("ingestion", f"FAILED: exit status {status} (see the log above)")
@@ -475,7 +475,7 @@ def make_embedder(args):
 
             AutoModel.from_config(AutoConfig.from_pretrained(args.embedder)).save_pretrained(args.embedder)
         name = str(args.embedder)
-    return Embedder(name, device=args.device, batch_size=256)  # knowledge.embedding_batch_size, as the Dockerfile sets it
+    return Embedder(name, device=args.device)
 
 
 def table(args) -> str:

@@ -28,7 +28,7 @@ def main() -> None:
                         default=Path(__file__).resolve().parents[2] / "shared/data/rag-dev/docugami_sec10q/docs")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--embedder", help="knowledge.embedding_model (default: the configured one)")
-    parser.add_argument("--batch-size", type=int, help="knowledge.embedding_batch_size (the Dockerfile sets 256)")
+    parser.add_argument("--batch-size", type=int, help="knowledge.embedding_batch_size (default: 256 on a GPU, 16 on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 

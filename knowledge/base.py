@@ -239,7 +239,7 @@ class KnowledgeBase:
             progress(name, 0, n_pages)
         # Two batches a call: cores_free() is asked again soon after text extraction ends, and the
         # progress display moves every few pages.
-        step = self.config.embedding_batch_size * 2
+        step = self.embedder.batch_size * 2
         parts = []
         for i in range(0, len(texts), step):
             parts.append(self.embedder.encode(texts[i:i + step], all_cores=cores_free()))
