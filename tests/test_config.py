@@ -46,6 +46,8 @@ def test_wrong_type_and_range(tmp_path):
         load_config(write(tmp_path, '[knowledge]\ntop_k = "many"\n'), env={})
     with pytest.raises(ConfigError, match="chunk_tokens must be between 32 and 240"):
         load_config(None, env={"BOT_KNOWLEDGE_CHUNK_TOKENS": "512"})
+    with pytest.raises(ConfigError, match=r"embedding_batch_size must be 0 \(picked for the device\) or more"):
+        load_config(None, env={"BOT_KNOWLEDGE_EMBEDDING_BATCH_SIZE": "-1"})
 
 
 def test_token_only_from_environment(tmp_path, monkeypatch):

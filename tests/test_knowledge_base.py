@@ -240,6 +240,13 @@ def test_missing_embedding_model_says_what_to_do(tmp_path):
         missing.encode(["hello"])
 
 
+def test_embedding_batches_follow_the_config_or_the_device(embedder):
+    from knowledge.embeddings import Embedder
+
+    assert embedder.batch_size == 16  # configured 0, the default: the CPU's best
+    assert Embedder(embedder.model_name, device="cpu", batch_size=48).batch_size == 48
+
+
 def test_embedding_on_all_cores_gives_the_same_vectors_in_order(embedder):
     texts = [f"passage {i}: " + "revenue " * (i * 7 % 50) for i in range(3 * embedder.batch_size)]
     # Batches made of other texts pad differently, so bfloat16 vectors may differ in the 4th digit.
