@@ -50,12 +50,6 @@ def _faster_in_bfloat16(model) -> bool:
     return best[True] < best[False]
 
 
-def _precision(model, bfloat16: bool) -> str:
-    if model.device.type == "cuda":
-        return "float16"
-    return "bfloat16" if bfloat16 else "float32"
-
-
 class EmbeddingModelError(RuntimeError):
     """The embedding model cannot be loaded; the message says what to install or download."""
 
@@ -80,7 +74,7 @@ class Embedder:
         self.device = device
         self._batch_size = batch_size
         self._model = None
-        self._bfloat16 = False  # autocast to bfloat16 on the CPU; decided in _load
+        self._precision = ""  # float16 (GPU), bfloat16 (CPU, autocast) or float32; decided in _load
         self._lock = threading.Lock()
         self._share = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="embed")
         self._questions: list[tuple[str, Future]] = []  # waiting for the next batch of encode_question
@@ -113,6 +107,7 @@ class Embedder:
                 "knowledge.embedding_model to a local directory holding a sentence-transformers model")
             raise EmbeddingModelError(f"cannot load embedding model {self.model_name!r} ({e.__class__.__name__}: {e}); {hint}") from e
         if device.startswith("cuda"):
+            self._precision = "float16"
             model.half()  # float16 on the GPU: twice the throughput, same ranking
             # cuDNN attention builds a plan for every new (batch, length) shape: ~65 ms the first time,
             # 7 ms after, measured on an H100, and questions and ingestion batches come in ever new
@@ -123,9 +118,9 @@ class Embedder:
             # spin while they wait for each other, so one core too many is ruinous: on 2 busy cores,
             # embedding one question took 545 ms with 2 threads and 25 ms with 1.
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-            self._bfloat16 = _cpu_has_bf16() and _faster_in_bfloat16(model)
+            self._precision = "bfloat16" if _cpu_has_bf16() and _faster_in_bfloat16(model) else "float32"
         log.info("embedding model %s on %s in %s (max %d word pieces)", self.model_name, device,
-                 _precision(model, self._bfloat16), model.max_seq_length)
+                 self._precision, model.max_seq_length)
         return model
 
     @property
@@ -138,7 +133,8 @@ class Embedder:
 
     @property
     def precision(self) -> str:
-        return _precision(self.model, self._bfloat16)
+        self.model  # loads the model, which decides the precision
+        return self._precision
 
     def warm_up(self) -> None:
         """Load the model and run it once, so that the first question does not wait for that: ~7 s on
@@ -222,7 +218,7 @@ class Embedder:
     def _autocast(self):
         import torch
 
-        if self._bfloat16:
+        if self._precision == "bfloat16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
