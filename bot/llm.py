@@ -10,8 +10,8 @@ All are blocking and not thread-safe, but for count; bot.scheduler runs them on 
 
 LocalModel renders the chat template stored in the GGUF's metadata and generates from the token list,
 so llama.cpp reuses its KV cache for the prompt prefix that did not change since the last answer.
-ServerModel renders the template llama-server reports and sends it the prompt's text; llama-server
-reuses a slot's KV cache alike.
+ServerModel renders the template llama-server reports and sends it the prompt's tokens; llama-server
+reuses a slot's KV cache alike. Both tokenize only the new pieces of a prompt (PromptTokenizer).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -33,8 +34,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from array import array
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Sequence
 
 from bot.config import ModelConfig
 from bot.model_files import check_model_file, model_path, proc_kib
@@ -104,6 +106,56 @@ class ChatTemplate:
         return text[len(self._drop):] if self._drop and text.startswith(self._drop) else text
 
 
+# A conversation whose rendering has each kind of piece a prompt has, with spaces and blank lines at the
+# edges of the messages: PromptTokenizer.checked tokenizes it both ways.
+_PROBE = [{"role": "system", "content": "Rules:\n- one\n\n"}, {"role": "user", "content": " Sources [1] \n\nWhy? "},
+          {"role": "assistant", "content": "Because [1].\n"}, {"role": "user", "content": "And then?"}]
+
+
+class PromptTokenizer:
+    """A rendered prompt's tokens, each piece of text between two special tokens tokenized once and cached.
+
+    llama.cpp splits a prompt at its special tokens (<|eot_id|>, <|im_start|> ...) and tokenizes the text
+    between two of them on its own, so a prompt's tokens are its pieces' tokens strung together. A
+    channel's next prompt repeats the pieces of its last one but for the new question's: only those are
+    tokenized. On 2 CPU cores, tokenizing a 5,900-token conversation whole took 12 ms with SmolLM2's
+    tokenizer and 4 ms with Llama-3's, before every answer's prefill could start.
+    """
+
+    def __init__(self, tokenize_piece: Callable[[str], Sequence[int]], specials: dict[str, int], bos: list[int]):
+        self._specials, self._bos = specials, bos
+        self._split = re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
+        self._piece = functools.lru_cache(maxsize=4096)(lambda text: array("i", tokenize_piece(text)))
+
+    @classmethod
+    def checked(cls, render: Callable[[list[Message]], str], tokenize: Callable[[str, bool, bool], list[int]],
+                token_text: Callable[[int], str], bos: list[int]) -> PromptTokenizer | None:
+        """One for a model, or None where its tokenizer does not split as assumed (special tokens that eat
+        the spaces beside them, or an EOS added at the end): there, prompts are tokenized whole.
+        tokenize(text, parse_special, add_bos); bos: what the model adds to a prompt, if anything."""
+        probe = render(_PROBE)
+        whole = tokenize(probe, True, True)
+        specials = {}
+        for token in set(whole) - set(tokenize(probe, False, True)):  # in the probe's markers, or beside them
+            text = token_text(token)
+            if text and tokenize(text, True, False) == [token] and tokenize(text, False, False) != [token]:
+                specials[text] = token
+        tokenizer = cls(lambda piece: tokenize(piece, True, False), specials, bos) if specials else None
+        if tokenizer is None or tokenizer(probe) != whole:
+            log.info("prompts are tokenized whole: this model's tokenizer does not split them at its special tokens")
+            return None
+        return tokenizer
+
+    def __call__(self, text: str) -> list[int]:
+        tokens = list(self._bos)
+        for i, piece in enumerate(self._split.split(text)):
+            if i % 2:
+                tokens.append(self._specials[piece])
+            elif piece:
+                tokens += self._piece(piece)
+        return tokens
+
+
 class LocalModel:
     parallel = 1  # one llama_context, one sequence: the scheduler runs one answer at a time
 
@@ -145,6 +197,9 @@ class LocalModel:
         self._template = ChatTemplate(template, self._special_text(self.llama.token_bos()),
                                       self._special_text(self.llama.token_eos()), self._add_bos)
         self._vocab = self.llama._model.vocab
+        self._tokenize = PromptTokenizer.checked(
+            self.render, lambda text, special, bos: self.llama.tokenize(text.encode("utf-8"), bos and self._add_bos, special),
+            self._special_text, [self.llama.token_bos()] if self._add_bos else [])
         self.last_timings: dict = {}  # tokens of the last prompt reused from the KV cache (cache_n) and prefilled
         self._is_eog = llama_cpp.llama_vocab_is_eog
         one = len(self.tokenize_prompt([{"role": "system", "content": "x"}]))
@@ -208,9 +263,12 @@ class LocalModel:
         return self._template.render(messages)
 
     def tokenize_prompt(self, messages: list[Message]) -> list[int]:
-        # special=True turns the template's markers into control tokens; message content is defanged by
-        # bot.prompt so that a user or a PDF cannot write those markers itself.
-        return self.llama.tokenize(self.render(messages).encode("utf-8"), add_bos=self._add_bos, special=True)
+        # Special tokens are parsed: the template's markers become control tokens; message content is
+        # defanged by bot.prompt so that a user or a PDF cannot write those markers itself.
+        text = self.render(messages)
+        if self._tokenize is not None:
+            return self._tokenize(text)
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
 
     def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
                logit_bias: dict[int, float] | None = None) -> Iterator[str]:
@@ -405,10 +463,12 @@ class ServerModel(RemoteModel):
     continuous batching decodes the answers of several channels in one GPU pass, and each slot keeps its
     last prompt in the KV cache, so a channel's next question only prefills what changed (slots are
     picked by prompt similarity). If the process dies it is started again before the next answer.
-    The bot renders the model's chat template itself (the one llama-server reports) and sends the text
-    to /completion. llama-server's chat endpoint parses the messages and renders them before the prefill
-    starts: on the 2-core CPU, with a ~4,400-token prompt, its headers came after 9.9 ms against 5.3 ms
-    from /completion given the text; on the H200 machine, 11.5-17 ms into a follow-up question's ~0.1 s.
+    The bot renders the model's chat template itself (the one llama-server reports) and sends the
+    prompt's token ids to /completion. llama-server's chat endpoint parses the messages and renders them
+    before the prefill starts: on the 2-core CPU, with a ~4,400-token prompt, its headers came after 9.9 ms
+    against 5.3 ms from /completion given the text; on the H200 machine, 11.5-17 ms into a follow-up
+    question's ~0.1 s. Given token ids, it tokenizes nothing: on the 2-core CPU, a follow-up after a
+    6,200-token conversation waited 4.0 ms besides its prefill, against 12.8 ms given the text.
     server_binary may also be "llama_cpp.server" (llama-cpp-python's own server, one slot, OpenAI chat
     only) for machines without llama-server.
     """
@@ -434,6 +494,7 @@ class ServerModel(RemoteModel):
         self._ensure_running()
         super().__init__(config)
         self._template = None if self._python_server else self._chat_template()
+        self._tokenize = self._prompt_tokenizer() if self._template is not None else None
 
     def _chat_template(self) -> ChatTemplate | None:
         """llama-server's chat template (the GGUF's, or its default), told whether the server's tokenizer
@@ -445,8 +506,16 @@ class ServerModel(RemoteModel):
         bos_text = props.get("bos_token", "")
         bos = self._post_json("/tokenize", {"content": bos_text})["tokens"] if bos_text else []
         added = self._post_json("/tokenize", {"content": "", "add_special": True})["tokens"]
-        return ChatTemplate(props["chat_template"], bos_text, props.get("eos_token", ""),
-                            bool(bos) and added[:1] == bos[:1])
+        self._bos = bos[:1] if bos and added[:1] == bos[:1] else []  # what the tokenizer adds to a prompt
+        return ChatTemplate(props["chat_template"], bos_text, props.get("eos_token", ""), bool(self._bos))
+
+    def _prompt_tokenizer(self) -> PromptTokenizer | None:
+        """Prompts go to llama-server as token ids, so it tokenizes none of them (see PromptTokenizer)."""
+        def tokenize(text: str, special: bool, bos: bool) -> list[int]:
+            return self._post_json("/tokenize", {"content": text, "add_special": bos, "parse_special": special})["tokens"]
+
+        return PromptTokenizer.checked(self._template.render, tokenize,
+                                       lambda token: self._post_json("/detokenize", {"tokens": [token]})["content"], self._bos)
 
     def command(self) -> list[str]:
         c = self.config
@@ -501,7 +570,8 @@ class ServerModel(RemoteModel):
         if self._template is None:
             yield from super().stream(messages, max_tokens, cancel, logit_bias)
             return
-        body = {"prompt": self._template.render(messages), "n_predict": max_tokens, "stream": True, "cache_prompt": True,
+        text = self._template.render(messages)
+        body = {"prompt": self._tokenize(text) if self._tokenize is not None else text, "n_predict": max_tokens, "stream": True, "cache_prompt": True,
                 "temperature": self.config.temperature, "top_p": self.config.top_p}
         if logit_bias:  # false bans a token
             body["logit_bias"] = [[t, False if b == float("-inf") else b] for t, b in logit_bias.items()]

@@ -39,6 +39,8 @@ def test_llama_server_answers_as_the_local_backend(server, llm):
     greedy answer, the same prompt length, and the next turn reuses the slot's KV cache."""
     answer = "".join(server.stream(MESSAGES, 16))
     assert answer == _greedy_from_scratch(llm, MESSAGES, 16)
+    # It gets them as token ids, tokenized piece by piece between the markers (see PromptTokenizer).
+    assert server._tokenize(server._template.render(MESSAGES)) == llm.tokenize_prompt(MESSAGES)
     prompt = len(llm.tokenize_prompt(MESSAGES))
     assert server.last_timings["prompt_n"] + server.last_timings["cache_n"] == prompt
     follow_up = MESSAGES + [{"role": "assistant", "content": answer}, {"role": "user", "content": "Why?"}]

@@ -28,6 +28,53 @@ def test_chat_template_comes_from_the_gguf(llm):
     assert abs(len(tokens) - estimate) <= 2
 
 
+def test_prompt_tokens_are_the_whole_texts_and_only_new_pieces_are_tokenized(llm):
+    """Prompts are tokenized piece by piece between the template's markers, with the tokens of each piece
+    cached: the same tokens as the whole text, and a follow-up tokenizes only its new messages."""
+    conversation = [{"role": "system", "content": "Rules:\n\n- cite [1]\n"},
+                    {"role": "user", "content": " <source id=\"1\">\nNet revenue: 42 % (2024) 😀\n</source>\n\nUp? "},
+                    {"role": "assistant", "content": "Yes [1].\n\n"},
+                    {"role": "user", "content": "A marker written by a user: <\u200b|im_end|\u200b> and  two  spaces"}]
+    whole = llm.llama.tokenize(llm.render(conversation).encode(), add_bos=llm._add_bos, special=True)
+    assert llm.tokenize_prompt(conversation) == whole
+    tokenized = llm._tokenize._piece.cache_info().misses
+    follow_up = conversation + [{"role": "assistant", "content": "Still yes."}, {"role": "user", "content": "Why?"}]
+    assert llm.tokenize_prompt(follow_up) == llm.llama.tokenize(llm.render(follow_up).encode(), add_bos=llm._add_bos,
+                                                                special=True)
+    # SmolLM2's ChatML writes "role\ncontent" between two markers: the two new messages, and the reply's opening.
+    assert llm._tokenize._piece.cache_info().misses - tokenized <= 3
+
+
+@pytest.mark.parametrize("marker_eats_spaces", [False, True])
+def test_prompts_are_tokenized_whole_where_markers_eat_spaces(marker_eats_spaces):
+    """Some models' special tokens strip the spaces beside them, so their prompts cannot be tokenized piece
+    by piece: the check at load sees it, and such a model keeps tokenizing prompts whole."""
+    from bot.llm import PromptTokenizer
+
+    def tokenize(text: str, special: bool, bos: bool) -> list[int]:  # one token a character; 1 is "<s>"
+        tokens, i = [0] if bos else [], 0
+        while i < len(text):
+            if special and text.startswith("<s>", i):
+                tokens.append(1)
+                i += 3
+                while marker_eats_spaces and i < len(text) and text[i].isspace():
+                    i += 1
+            else:
+                tokens.append(ord(text[i]))
+                i += 1
+        return tokens
+
+    def render(messages):
+        return "".join(f"<s>{m['role']}\n{m['content']}<s>\n" for m in messages) + "<s>assistant\n"
+
+    tokenizer = PromptTokenizer.checked(render, tokenize, lambda t: "<s>" if t == 1 else chr(t), [0])
+    if marker_eats_spaces:
+        assert tokenizer is None
+    else:
+        text = render([{"role": "user", "content": " a <s> b "}])
+        assert tokenizer is not None and tokenizer(text) == tokenize(text, True, True)
+
+
 def test_llama_cpp_keeps_room_for_one_tokens_logits_per_batch(llm):
     """Not n_batch tokens' worth (1 GB at n_batch 2048 with Llama-3's vocabulary); prompts longer than a
     batch still prefill (the tests' prompts of over 1,500 tokens run in 512-token batches)."""
