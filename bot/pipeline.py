@@ -32,7 +32,7 @@ from typing import AsyncIterator, Literal, Protocol
 
 from bot.config import Config
 from bot.memory import Memory
-from bot.prompt import QuestionTooLong, Source, Turn, build, cited
+from bot.prompt import QuestionTooLong, Source, Turn, build, cited, count_newest
 from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -194,13 +194,16 @@ class Pipeline:
         return self.safety.screen_passages(passages) if self.safety is not None else passages
 
     def _channel_state(self, guild: str, channel: str) -> tuple[str, list[Turn]]:
-        """The persona, and the history without excerpts of documents removed (or replaced) since."""
+        """The persona, and the history without excerpts of documents removed (or replaced) since; its newest
+        exchange counted in tokens for the prompt, meanwhile."""
         persona = self.memory.get_persona(channel) or self.config.chat.persona
         history = self.memory.history(channel, self.config.chat.max_history_turns)
         shown = [e.chunk_id for turn in history for e in turn.excerpts or ()]
         kept = self.knowledge.existing_chunks(guild, shown) if shown else set()
-        return persona, [replace(turn, excerpts=tuple(e for e in turn.excerpts if e.chunk_id in kept) or None)
-                         if turn.excerpts else turn for turn in history]
+        history = [replace(turn, excerpts=tuple(e for e in turn.excerpts if e.chunk_id in kept) or None)
+                   if turn.excerpts else turn for turn in history]
+        count_newest(self.llm, history)
+        return persona, history
 
     # --- persona and memory, for the slash commands (blocking calls run off the loop) -------
 

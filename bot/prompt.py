@@ -189,6 +189,13 @@ def build(llm: LLM, persona: str, passages: Sequence, history: Sequence[Turn], a
     return Prompt(messages, excerpts, citable, len(kept), used, max_answer_tokens, kept[-1].exchange_id if kept else 0)
 
 
+def count_newest(llm: LLM, history: Sequence[Turn]) -> None:
+    """Count the newest exchange's texts, the history's only ones new since the channel's last prompt as a
+    rule, so that build() finds them counted: the pipeline calls it while the passages are retrieved."""
+    if history:
+        _count_at_once(llm, [_user_text(history[0]), defang(history[0].answer)])
+
+
 def _count_at_once(llm: LLM, texts: list[str]) -> None:
     """Count the texts in parallel, so that llm.count finds them in its cache. Each count is a tokenizer
     pass (0.2-1.4 ms for a passage on a CPU core) or a request to the model server; llama.cpp tokenizes
