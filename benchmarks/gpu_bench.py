@@ -266,7 +266,8 @@ def raw_server(args) -> None:
 
 def engine_config(args, data_dir: Path, **model):
     env = {"BOT_MODEL_PATH": str(args.model), "BOT_MODEL_N_CTX": "8192", "BOT_MODEL_FLASH_ATTN": "true",
-           "BOT_MODEL_SERVER_BINARY": str(args.bin / "llama-server"), "BOT_CHAT_MAX_ANSWER_TOKENS": "256"}
+           "BOT_MODEL_SERVER_BINARY": str(args.bin / "llama-server"), "BOT_CHAT_MAX_ANSWER_TOKENS": "256",
+           "BOT_MODEL_N_THREADS": str(args.threads)}
     env.update({f"BOT_MODEL_{k.upper()}": str(v) for k, v in model.items()})
     return load_config(None, env=env, data_dir=data_dir)
 
@@ -346,7 +347,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         model's would be: the second turn then prefills only the new passages and question. Its passages
         are all new (the first question's are hidden from search): the most a follow-up prefills."""
         results, prefilled, steps, raw = [], [], [], []
-        for i in range(3):
+        for i in range(5):
             channel = f"history-{name}-{i}"
             seed_history(memory, channel, 3000, llm.count)
             _, _, _, answer = await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
@@ -359,10 +360,11 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
                 knowledge.hidden = set()
             results.append(first)
             prefilled.append(llm.last_timings.get("prompt_n", float("nan")))
+            steps.append({step: values[-1] for step, values in SPENT.items()})
             print(f"  second turn {i}: {first:.3f} s; prefilled {first_prefilled} tokens for the first question, "
                   f"{prefilled[-1]} for the second ({llm.last_timings.get('cache_n')} reused, in "
-                  f"{llm.last_timings.get('prompt_ms', float('nan')):.1f} ms)", flush=True)
-            steps.append({step: values[-1] for step, values in SPENT.items()})
+                  f"{llm.last_timings.get('prompt_ms', float('nan')):.1f} ms); retrieval "
+                  f"{1000 * steps[-1]['retrieval']:.1f} ms, prompt {1000 * steps[-1]['prompt']:.1f} ms", flush=True)
             # The same prompt straight to the model, its cache primed alike: what the pipeline adds is the rest.
             second_messages, pipeline.llm.last_messages = pipeline.llm.last_messages, first_messages
             await asyncio.to_thread(pipeline.llm.prime, answer)
@@ -478,6 +480,17 @@ def make_embedder(args):
     return Embedder(name, device=args.device)
 
 
+def question_embedding_ms(embedder) -> None:
+    """A question embedded on the GPU, nothing else running: what retrieval costs at the least."""
+    times = []
+    for i in range(30):
+        started = time.perf_counter()
+        embedder.encode_question(f"What does the report say about the budget for quarter {i}?")
+        times.append(1000 * (time.perf_counter() - started))
+    FIGURES["question embedding ms"] = statistics.median(times[5:])
+    print(f"  a question embedded alone: median {FIGURES['question embedding ms']:.1f} ms", flush=True)
+
+
 def table(args) -> str:
     f = FIGURES.get
 
@@ -543,6 +556,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", default="bench,raw,server,local,ingest")
     parser.add_argument("--device", default="cuda", help="for the embedder (cpu: a local smoke test)")
+    parser.add_argument("--threads", type=int, default=0, help="model.n_threads for the engine (0: the product's default)")
     parser.add_argument("--mmq-max-batch", dest="mmq_max_batch", type=int, default=128,
                         help="GGML_CUDA_MMQ_MAX_BATCH for the engine (patches/llama-cpp-mmq-max-batch.patch)")
     # Words per passage that make ~1,800-token (one channel) and ~1,200-token (16 channels) prompts
@@ -558,6 +572,7 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     embedder = make_embedder(args)
     embedder.encode(["load the embedder before the clock starts"])
+    question_embedding_ms(embedder)
     if "bench" in only:
         llama_bench(args)
     if "raw" in only:
