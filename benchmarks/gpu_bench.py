@@ -73,6 +73,7 @@ WORDS = ("the report revenue quarter growth customer market product service cost
          "decrease percent million billion total adjusted basis note statement section table page").split()
 ROWS: list[tuple[str, str, str, str]] = []  # sections that failed: (what, reason, "", "")
 FIGURES: dict[str, float] = {}
+SECOND_TURNS = 5  # second questions timed per backend
 SPENT: dict[str, list[float]] = {}  # seconds per answer in pipeline steps (engine_runs) and after its last piece (ask)
 
 
@@ -347,7 +348,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         model's would be: the second turn then prefills only the new passages and question. Its passages
         are all new (the first question's are hidden from search): the most a follow-up prefills."""
         results, prefilled, steps, raw = [], [], [], []
-        for i in range(5):
+        for i in range(SECOND_TURNS):
             channel = f"history-{name}-{i}"
             seed_history(memory, channel, 3000, llm.count)
             _, _, _, answer = await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
@@ -394,6 +395,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
     try:
         for i in range(4):
             knowledge.add_guild(f"g-single-{i}", args.words_1800)
+        for i in range(SECOND_TURNS):
             knowledge.add_guild(f"g-turn-{i}", args.words_chunk, count=10)
         first, rate = asyncio.run(single())
         FIGURES[f"{name} first"], FIGURES[f"{name} decode"] = first, rate
