@@ -1,7 +1,7 @@
 """Query latency of KnowledgeBase.search (embed + vector + word search + fusion) at 10k and 100k chunks.
 
     python benchmarks/query_latency.py [--sizes 10000 100000] [--queries 200] [--device cpu|cuda]
-                                       [--embedder NAME_OR_DIR]
+                                       [--embedder NAME_OR_DIR] [--steps]
 
 Filling a store with 100k really embedded chunks would take hours on a small CPU, so the stored
 chunks are synthetic: texts drawn from the words of real PDFs (the docugami 10-Qs by default, so
@@ -24,7 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import load_config  # noqa: E402
-from knowledge.base import KnowledgeBase  # noqa: E402
+from knowledge import retrieval  # noqa: E402
+from knowledge.base import _CANDIDATES, KnowledgeBase  # noqa: E402
 from knowledge.chunking import Chunk  # noqa: E402
 from knowledge.pdf import extract_pages  # noqa: E402
 
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where questions are embedded")
     parser.add_argument("--embedder", help="knowledge.embedding_model (default: the configured one)")
+    parser.add_argument("--steps", action="store_true", help="also time each step of a search apart")
     args = parser.parse_args()
 
     env = {"BOT_KNOWLEDGE_EMBEDDING_DEVICE": args.device}
@@ -92,6 +94,32 @@ def main() -> None:
             times.append((time.perf_counter() - started) * 1000)
         p50, p95 = np.percentile(times, [50, 95])
         print(f"{kb.store(guild).chunk_count():>8,} {p50:>8.1f} {p95:>8.1f} {max(times):>8.1f}")
+        if args.steps:
+            print("          steps, one after another, p50 ms: " + ", ".join(
+                f"{step} {ms:.2f}" for step, ms in steps_ms(kb, guild, questions[:args.queries]).items()))
+
+
+def steps_ms(kb: KnowledgeBase, guild: str, questions: list[str]) -> dict[str, float]:
+    """KnowledgeBase.search's steps timed apart (in search, the word search runs beside the embedding
+    and the vector search)."""
+    store, spent = kb.store(guild), {}
+    for question in questions:
+        marks = [time.perf_counter()]
+        vector = kb.embedder.encode_question(question)
+        marks.append(time.perf_counter())
+        vector_hits = store.vector_search(vector, _CANDIDATES)
+        marks.append(time.perf_counter())
+        lexical_hits = store.lexical_search(retrieval.query_terms(question), _CANDIDATES)
+        marks.append(time.perf_counter())
+        stored = store.chunks(retrieval.unique(cid for cid, _ in [*vector_hits, *lexical_hits]))
+        marks.append(time.perf_counter())
+        retrieval.fuse([h for h in vector_hits if h[0] in stored], lexical_hits,
+                       {cid: c.doc_id for cid, c in stored.items()}, kb._router(store).scores(question),
+                       retrieval.DOC_WEIGHT)
+        marks.append(time.perf_counter())
+        for step, start, end in zip(("embed", "vector search", "word search", "fetch", "rank"), marks, marks[1:]):
+            spent.setdefault(step, []).append(1000 * (end - start))
+    return {step: float(np.median(times)) for step, times in spent.items()}
 
 
 if __name__ == "__main__":
