@@ -198,7 +198,8 @@ class LocalModel:
                                       self._special_text(self.llama.token_eos()), self._add_bos)
         self._vocab = self.llama._model.vocab
         self._tokenize = PromptTokenizer.checked(
-            self.render, lambda text, special, bos: self.llama.tokenize(text.encode("utf-8"), bos and self._add_bos, special),
+            self.render,
+            lambda text, special, bos: self.llama.tokenize(text.encode("utf-8"), bos and self._add_bos, special),
             self._special_text, [self.llama.token_bos()] if self._add_bos else [])
         self.last_timings: dict = {}  # tokens of the last prompt reused from the KV cache (cache_n) and prefilled
         self._is_eog = llama_cpp.llama_vocab_is_eog
@@ -514,8 +515,10 @@ class ServerModel(RemoteModel):
         def tokenize(text: str, special: bool, bos: bool) -> list[int]:
             return self._post_json("/tokenize", {"content": text, "add_special": bos, "parse_special": special})["tokens"]
 
-        return PromptTokenizer.checked(self._template.render, tokenize,
-                                       lambda token: self._post_json("/detokenize", {"tokens": [token]})["content"], self._bos)
+        def token_text(token: int) -> str:
+            return self._post_json("/detokenize", {"tokens": [token]})["content"]
+
+        return PromptTokenizer.checked(self._template.render, tokenize, token_text, self._bos)
 
     def command(self) -> list[str]:
         c = self.config
@@ -571,8 +574,8 @@ class ServerModel(RemoteModel):
             yield from super().stream(messages, max_tokens, cancel, logit_bias)
             return
         text = self._template.render(messages)
-        body = {"prompt": self._tokenize(text) if self._tokenize is not None else text, "n_predict": max_tokens, "stream": True, "cache_prompt": True,
-                "temperature": self.config.temperature, "top_p": self.config.top_p}
+        body = {"prompt": self._tokenize(text) if self._tokenize is not None else text, "n_predict": max_tokens,
+                "stream": True, "cache_prompt": True, "temperature": self.config.temperature, "top_p": self.config.top_p}
         if logit_bias:  # false bans a token
             body["logit_bias"] = [[t, False if b == float("-inf") else b] for t, b in logit_bias.items()]
         for chunk in self._events(self._root + "/completion", body, cancel):
