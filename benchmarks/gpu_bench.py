@@ -15,6 +15,7 @@ Before spending GPU time, a smoke test on a CPU machine runs every engine step (
 ~4 minutes on 2 cores, with tests/build_llama_server.sh's llama-server):
 
     python benchmarks/make_synth_llama3.py VOCAB_GGUF tiny.gguf 2     # 2 layers, the Llama-3 tokenizer
+    # VOCAB_GGUF: vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf of the llama-cpp-python sdist
     python benchmarks/gpu_bench.py --model tiny.gguf --bin build/llama-server/bin --only raw,server,local --device cpu
 
 Rows (flash attention on everywhere, end-of-turn tokens banned so every answer has its full length):
