@@ -50,6 +50,7 @@ import faulthandler
 import json
 import os
 import random
+import site
 import statistics
 import subprocess
 import sys
@@ -120,11 +121,12 @@ class Passage:  # the fields of knowledge.base.Passage that the prompt builder r
 class GpuKnowledge:
     """Each guild's passages, ranked by the project's Embedder on the GPU (stands in for Chroma + FTS5)."""
 
-    def __init__(self, embedder, passages_per_guild: int = 8, top_k: int = 5):
+    def __init__(self, embedder, passages_per_guild: int = 8, top_k: int = 5, product: ProductStore | None = None):
         self.embedder, self.n, self.top_k = embedder, passages_per_guild, top_k
         self.guilds: dict[str, tuple[list[Passage], object]] = {}
         self.hidden: set[str] = set()  # chunk ids that search leaves out
         self.last: list[Passage] = []  # what the last search found
+        self.product = product  # the product's store, its search timed beside (--store-data)
 
     def add_guild(self, guild: str, words_per_passage: int, count: int | None = None) -> None:
         rng = random.Random(guild)
@@ -142,6 +144,40 @@ class GpuKnowledge:
         order = [i for i in scores.argsort()[::-1] if passages[i].chunk_id not in self.hidden][:k or self.top_k]
         self.last = [dataclasses.replace(passages[i], score=float(scores[i])) for i in order]
         return self.last
+
+
+class ProductStore:
+    """The product's KnowledgeBase (Chroma + SQLite word search, in a temp dir) filled as
+    benchmarks/query_latency.py fills it: `chunks` passages of real filings' words, random vectors. The
+    second questions' retrieval runs against the stand-in store, whose passages are sized for the
+    prompts; this store's search is timed beside it, right after each follow-up, with the embedder and
+    the model in the same state, so the table can say what the product's retrieval adds."""
+
+    GUILD = "product-store"
+
+    def __init__(self, embedder, data: Path, data_dir: Path, chunks: int):
+        import csv
+
+        import numpy as np
+        from query_latency import corpus_words, fill  # benchmarks/, beside this script
+
+        from knowledge.base import KnowledgeBase
+
+        self.kb = KnowledgeBase(load_config(None, env={}, data_dir=data_dir / "product-store"), embedder=embedder)
+        fill(self.kb, self.GUILD, chunks, corpus_words(data), embedder.dimension, np.random.default_rng(0))
+        with open(data / "qna_data.csv", encoding="utf-8-sig", newline="") as f:
+            self.questions = [r["Question"] for r in csv.DictReader(f)]
+        self.asked = 0
+        for question in self.questions[:10]:
+            self.kb.search(self.GUILD, question)  # the index and SQLite's pages loaded
+
+    def search_ms(self) -> float:
+        """One search for the next question of the filings' question set, in ms."""
+        question = self.questions[self.asked % len(self.questions)]
+        self.asked += 1
+        started = time.perf_counter()
+        self.kb.search(self.GUILD, question)
+        return 1000 * (time.perf_counter() - started)
 
 
 class NoEos:
@@ -358,7 +394,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         ones). Before the timed question, NoEos.prime leaves the first answer in the KV cache as a real
         model's would be: the second turn then prefills only the new passages and question. Its passages
         are all new (the first question's are hidden from search): the most a follow-up prefills."""
-        results, prefilled, steps, raw = [], [], [], []
+        results, prefilled, steps, raw, product = [], [], [], [], []
         for i in range(SECOND_TURNS):
             channel = f"history-{name}-{i}"
             seed_history(memory, channel, 3000, llm.count)
@@ -370,6 +406,9 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
                 first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
             finally:
                 knowledge.hidden = set()
+            if knowledge.product is not None:
+                product.append(await asyncio.to_thread(knowledge.product.search_ms))
+                print(f"  second turn {i}, the product's store searched right after: {product[-1]:.1f} ms", flush=True)
             results.append(first)
             prefilled.append(llm.last_timings.get("prompt_n", float("nan")))
             steps.append({step: values[-1] for step, values in SPENT.items()})
@@ -386,6 +425,10 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         for step in ("retrieval", "prompt"):
             FIGURES[f"{name} second turn {step} ms"] = 1000 * statistics.median(s[step] for s in steps)
         FIGURES[f"{name} second turn raw"] = statistics.median(raw)
+        if product:
+            FIGURES[f"{name} second turn product retrieval ms"] = statistics.median(product)
+            FIGURES[f"{name} second turn with product store"] = (statistics.median(results) + (
+                statistics.median(product) - FIGURES[f"{name} second turn retrieval ms"]) / 1000)
         return statistics.median(results), statistics.median(prefilled)
 
     async def many(n: int):
@@ -493,6 +536,18 @@ def make_embedder(args):
     return Embedder(name, device=args.device)
 
 
+def product_store(args, embedder, data_dir: Path) -> ProductStore | None:
+    print("== the product's store", flush=True)
+    if args.store_site:
+        site.addsitedir(str(args.store_site))  # after site-packages: the machine's torch and numpy stay first
+    try:
+        return ProductStore(embedder, args.store_data, data_dir, args.store_chunks)
+    except Exception as e:  # chromadb missing, say: the rest of the table still runs
+        traceback.print_exc()
+        row("the product's store", f"FAILED: {e.__class__.__name__}: {str(e)[:120]}")
+        return None
+
+
 def question_embedding_ms(embedder) -> None:
     """A question embedded on the GPU, nothing else running: what retrieval costs at the least."""
     times = []
@@ -543,7 +598,13 @@ def table(args) -> str:
         f"{fmt('local second turn raw', '.3f')}",
         f"server {fmt('server second turn', '.3f')} ({fmt('server second turn prefilled', '.0f')} new tokens prefilled; "
         f"retrieval {fmt('server second turn retrieval ms', '.0f')} ms, prompt {fmt('server second turn prompt ms', '.0f')} ms) "
-        f"/ local {fmt('local second turn', '.3f')}", "<= 0.1")
+        f"/ local {fmt('local second turn', '.3f')}" + (
+            f"; with the product's store (Chroma + SQLite, {args.store_chunks:,} chunks, searched beside: "
+            f"{fmt('server second turn product retrieval ms', '.0f')} / {fmt('local second turn product retrieval ms', '.0f')} ms "
+            f"against the stand-in's {fmt('server second turn retrieval ms', '.0f')} / {fmt('local second turn retrieval ms', '.0f')}), "
+            f"about {fmt('server second turn with product store', '.3f')} / {fmt('local second turn with product store', '.3f')}"
+            if f("server second turn product retrieval ms") or f("local second turn product retrieval ms") else ""),
+        "<= 0.1")
     add("GPU memory, model + 8k context, one sequence (MiB)", "",
         f"local {fmt('local memory c8192', ',.0f')} / llama-server -np 1 {fmt('server memory np1 c8192', ',.0f')} at load; "
         f"{fmt('local memory c8192 prompted', ',.0f')} / {fmt('server memory np1 c8192 prompted', ',.0f')} after a "
@@ -567,6 +628,12 @@ def main() -> None:
     parser.add_argument("--pdfs", type=Path)
     parser.add_argument("--embedder", type=Path, help="a sentence-transformers model directory (default: packaged MiniLM)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--store-data", dest="store_data", type=Path,
+                        help="query_latency.py's --data (docs/*.pdf, qna_data.csv): also time the product's store "
+                        "(Chroma + SQLite; needs chromadb) beside each second question")
+    parser.add_argument("--store-chunks", dest="store_chunks", type=int, default=10_000)
+    parser.add_argument("--store-site", dest="store_site", type=Path,
+                        help="a folder of packages for --store-data (chromadb's), searched after the machine's own")
     parser.add_argument("--only", default="bench,raw,server,local,ingest")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of this script on the CPU (the embedder "
                         "and the engine there; with the tiny model of make_synth_llama3.py MODEL 2)")
@@ -591,10 +658,11 @@ def main() -> None:
         llama_bench(args)
     if "raw" in only:
         raw_server(args)
+    product = product_store(args, embedder, data_dir) if args.store_data and only & {"server", "local"} else None
     if "server" in only:
-        engine_server(args, data_dir, GpuKnowledge(embedder))
+        engine_server(args, data_dir, GpuKnowledge(embedder, product=product))
     if "local" in only:
-        engine_local(args, data_dir, GpuKnowledge(embedder))
+        engine_local(args, data_dir, GpuKnowledge(embedder, product=product))
     if "ingest" in only:
         ingestion(args, embedder)
     print(json.dumps(FIGURES, indent=1))

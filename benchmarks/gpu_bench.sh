@@ -20,6 +20,14 @@
 #   pip download --no-deps gguf diskcache pypdfium2 -d DIST_DIR
 #   pip download chromadb -d DIST_DIR   (then drop the wheels the GPU machine already has)
 #
+# The product's store beside the second questions (gpu_bench.py --store-data): chromadb's wheels and the
+# filings do not fit one upload beside llama.cpp's source, so a second call on the same warm machine brings
+# them (STORE_KIT/wheels: `pip download chromadb` less numpy, onnxruntime, kubernetes, uvloop, hf_xet,
+# huggingface_hub and tokenizers, which chromadb runs without or the machine has; STORE_KIT/data: the
+# filings as query_latency.py's --data wants them) and runs
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/store-site STORE_KIT/wheels/*.whl
+#   bash benchmarks/gpu_bench.sh DIST_DIR --only server,local --store-data STORE_KIT/data --store-site /tmp/store-site
+#
 # Work files (build, Python packages, the 4.92 GB synthetic model) go to $GPU_BENCH_WORK
 # (default /tmp/gpubench); a second run reuses them. --build-only stops after building and writing
 # the model. The llama.cpp build takes about 5.5 minutes on 16 cores.
@@ -66,5 +74,6 @@ fi
 
 extra=()
 [ -d "$DIST/pdfs" ] && extra+=(--pdfs "$DIST/pdfs")
-if [ -d "$DIST/minilm" ]; then cp -r "$DIST/minilm" "$WORK/minilm" 2>/dev/null || true; extra+=(--embedder "$WORK/minilm"); fi
+[ -d "$DIST/minilm" ] && [ ! -d "$WORK/minilm" ] && cp -r "$DIST/minilm" "$WORK/minilm"
+[ -d "$WORK/minilm" ] && extra+=(--embedder "$WORK/minilm")  # kept for a second call without DIST_DIR
 PYTHONUNBUFFERED=1 python3 "$REPO/benchmarks/gpu_bench.py" --model "$MODEL" --bin "$BUILD/bin" "${extra[@]}" "${@:2}"
