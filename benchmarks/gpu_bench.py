@@ -32,7 +32,9 @@ Rows (flash attention on everywhere, end-of-turn tokens banned so every answer h
   from the message reaching the pipeline.
 - Retrieval on the GPU machine: the question is embedded by the project's Embedder on the GPU and
   ranked against the channel's passages in numpy. The Chroma + SQLite FTS5 lookup is NOT in these
-  first-token figures; benchmarks/query_latency.py measures it on a CPU machine.
+  first-token figures; with --store-data, the product's store is searched beside each second question
+  and the table adds the follow-up estimated with it (benchmarks/query_latency.py measures the store
+  alone).
 - Ingestion: benchmarks/ingest_speed.py over the PDFs given, in its own process: the product's
   KnowledgeBase.ingest_paths end to end (PDFium and chunking in worker processes, Embedder on the GPU in
   float16, Chroma + SQLite). It needs chromadb importable (its wheels among DIST_DIR's).
