@@ -91,7 +91,15 @@ def prompt_build_times(model: LocalModel, target: int = 6000, repeats: int = 20)
     started = time.perf_counter()
     real = len(model.tokenize_prompt(prompt.messages))
     tokenize = time.perf_counter() - started
-    return {"tokens": real, "cold": cold, "warm": statistics.median(warm), "tokenize": tokenize}
+    # The channel's next prompt: this one, its answer and a new question (bot.llm.PromptTokenizer tokenizes
+    # only the pieces it has not seen).
+    follow_up = [*prompt.messages, {"role": "assistant", "content": " ".join(words[:80])},
+                 {"role": "user", "content": "Ada asks: And the year before?"}]
+    started = time.perf_counter()
+    model.tokenize_prompt(follow_up)
+    follow_up_tokenize = time.perf_counter() - started
+    return {"tokens": real, "cold": cold, "warm": statistics.median(warm), "tokenize": tokenize,
+            "follow-up tokenize": follow_up_tokenize}
 
 
 def main() -> None:
@@ -139,6 +147,7 @@ def main() -> None:
     print(f"  first build (every count tokenized) {times['cold'] * 1000:7.2f} ms")
     print(f"  later builds (counts cached)        {times['warm'] * 1000:7.2f} ms   (target: <= 10 ms)")
     print(f"  render + tokenize the whole prompt  {times['tokenize'] * 1000:7.2f} ms   (done before prefill)")
+    print(f"  the same for the next question's    {times['follow-up tokenize'] * 1000:7.2f} ms   (its earlier pieces cached)")
 
 
 if __name__ == "__main__":
