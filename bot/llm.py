@@ -133,7 +133,11 @@ class PromptTokenizer:
         """One for a model, or None where its tokenizer does not split as assumed (special tokens that eat
         the spaces beside them, or an EOS added at the end): there, prompts are tokenized whole.
         tokenize(text, parse_special, add_bos); bos: what the model adds to a prompt, if anything."""
-        probe = render(_PROBE)
+        try:
+            probe = render(_PROBE)
+        except ModelError:  # a template that takes no system message, say: nothing to check with
+            log.info("prompts are tokenized whole: the chat template refused the sample conversation")
+            return None
         whole = tokenize(probe, True, True)
         specials = {}
         for token in set(whole) - set(tokenize(probe, False, True)):  # in the probe's markers, or beside them

@@ -48,7 +48,8 @@ def test_prompt_tokens_are_the_whole_texts_and_only_new_pieces_are_tokenized(llm
 @pytest.mark.parametrize("marker_eats_spaces", [False, True])
 def test_prompts_are_tokenized_whole_where_markers_eat_spaces(marker_eats_spaces):
     """Some models' special tokens strip the spaces beside them, so their prompts cannot be tokenized piece
-    by piece: the check at load sees it, and such a model keeps tokenizing prompts whole."""
+    by piece: the check at load sees it, and such a model keeps tokenizing prompts whole, as one whose
+    template refuses the sample conversation does."""
     from bot.llm import PromptTokenizer
 
     def tokenize(text: str, special: bool, bos: bool) -> list[int]:  # one token a character; 1 is "<s>"
@@ -73,6 +74,11 @@ def test_prompts_are_tokenized_whole_where_markers_eat_spaces(marker_eats_spaces
     else:
         text = render([{"role": "user", "content": " a <s> b "}])
         assert tokenizer is not None and tokenizer(text) == tokenize(text, True, True)
+
+    def refuses_a_system_message(messages):
+        raise ModelError("the model's chat template refused the conversation: no system role")
+
+    assert PromptTokenizer.checked(refuses_a_system_message, tokenize, chr, [0]) is None  # and the model loads
 
 
 def test_llama_cpp_keeps_room_for_one_tokens_logits_per_batch(llm):
