@@ -201,10 +201,8 @@ class LocalModel:
         self._template = ChatTemplate(template, self._special_text(self.llama.token_bos()),
                                       self._special_text(self.llama.token_eos()), self._add_bos)
         self._vocab = self.llama._model.vocab
-        self._tokenize = PromptTokenizer.checked(
-            self.render,
-            lambda text, special, bos: self.llama.tokenize(text.encode("utf-8"), bos and self._add_bos, special),
-            self._special_text, [self.llama.token_bos()] if self._add_bos else [])
+        self._tokenize = PromptTokenizer.checked(self.render, self._tokenize_text, self._special_text,
+                                                 [self.llama.token_bos()] if self._add_bos else [])
         self.last_timings: dict = {}  # tokens of the last prompt reused from the KV cache (cache_n) and prefilled
         self._is_eog = llama_cpp.llama_vocab_is_eog
         one = len(self.tokenize_prompt([{"role": "system", "content": "x"}]))
@@ -259,7 +257,7 @@ class LocalModel:
 
     @functools.lru_cache(maxsize=16384)
     def count(self, text: str) -> int:
-        return len(self.llama.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self._tokenize_text(text, special=False, bos=False))
 
     def overhead(self, n_messages: int) -> int:
         return self._fixed + self._per_message * n_messages
@@ -273,7 +271,12 @@ class LocalModel:
         text = self.render(messages)
         if self._tokenize is not None:
             return self._tokenize(text)
-        return self.llama.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
+        return self._tokenize_text(text, special=True, bos=True)
+
+    def _tokenize_text(self, text: str, special: bool, bos: bool) -> list[int]:
+        """llama.cpp's tokens for `text`; special: its markers become control tokens; bos: the model's BOS
+        first, where its tokenizer adds one to a prompt."""
+        return self.llama.tokenize(text.encode("utf-8"), add_bos=bos and self._add_bos, special=special)
 
     def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
                logit_bias: dict[int, float] | None = None) -> Iterator[str]:
