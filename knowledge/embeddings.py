@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from knowledge.question_graphs import QuestionGraphs
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -75,6 +77,7 @@ class Embedder:
         self._batch_size = batch_size
         self._model = None
         self._precision = ""  # float16 (GPU), bfloat16 (CPU, autocast) or float32; decided in _load
+        self._question_graphs: QuestionGraphs | None = None  # on a GPU; made in _load
         self._lock = threading.Lock()
         self._share = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="embed")
         self._questions: list[tuple[str, Future]] = []  # waiting for the next batch of encode_question
@@ -113,6 +116,7 @@ class Embedder:
             # 7 ms after, measured on an H100, and questions and ingestion batches come in ever new
             # shapes. PyTorch's other attention kernels need no plan. (Process-wide: the flags are global.)
             torch.backends.cuda.enable_cudnn_sdp(False)
+            self._question_graphs = QuestionGraphs(model)
         else:
             # Half the cores: the rest stay free for PDF workers and llama.cpp. PyTorch's threads
             # spin while they wait for each other, so one core too many is ruinous: on 2 busy cores,
@@ -194,12 +198,17 @@ class Embedder:
                 batch, self._questions = self._questions, []
             if batch:
                 try:
-                    for (_, waiting), vector in zip(batch, self._encode([t for t, _ in batch])):
+                    for (_, waiting), vector in zip(batch, self._encode_questions([t for t, _ in batch])):
                         waiting.set_result(vector)
                 except Exception as e:
                     for _, waiting in batch:
                         waiting.set_exception(e)
         return future.result()
+
+    def _encode_questions(self, texts: list[str]) -> np.ndarray:
+        self.model  # loads the model, which decides whether questions go through CUDA graphs
+        vectors = self._question_graphs.encode(texts) if self._question_graphs else None
+        return self._encode(texts) if vectors is None else vectors
 
     def _cpu_parts(self) -> int:
         import torch
