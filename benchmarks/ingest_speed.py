@@ -1,7 +1,7 @@
 """Ingestion speed, end to end: PDFs in a folder -> a fresh knowledge base.
 
     python benchmarks/ingest_speed.py [FOLDER_OF_PDFS] [--device cpu|cuda] [--embedder NAME_OR_DIR]
-                                      [--batch-size N] [--json OUT.json]
+                                      [--batch-size N] [--json OUT.json] [--site DIR]
 
 Prints pages/s for the whole run (what a user waits for), and the time spent in each stage:
 extraction and chunking (PDFium, in worker processes, overlapping the other stages), embedding and
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import site
 import sys
 import tempfile
 import time
@@ -30,7 +31,12 @@ def main() -> None:
     parser.add_argument("--embedder", help="knowledge.embedding_model (default: the configured one)")
     parser.add_argument("--batch-size", type=int, help="knowledge.embedding_batch_size (default: 256 on a GPU, 16 on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--site", type=Path, help="a folder of packages (chromadb's, brought along to a GPU machine), "
+                        "searched after the machine's own")
     args = parser.parse_args()
+
+    if args.site:
+        site.addsitedir(str(args.site))
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bot.config import load_config
