@@ -31,10 +31,10 @@ Rows (flash attention on everywhere, end-of-turn tokens banned so every answer h
   starts llama-server itself), each beside the embedder on the GPU, as in the bot. First token is timed
   from the message reaching the pipeline.
 - Retrieval on the GPU machine: the question is embedded by the project's Embedder on the GPU and
-  ranked against the channel's passages in numpy. The Chroma + SQLite FTS5 lookup is NOT in these
-  first-token figures; with --store-data, the product's store is searched beside each second question
-  and the table adds the follow-up estimated with it (benchmarks/query_latency.py measures the store
-  alone).
+  ranked against the channel's passages in numpy, a stand-in store. With --store-data, the second
+  questions retrieve from the product's own store instead (KnowledgeBase.search: Chroma, SQLite's word
+  search, the document router, as in the bot; 10,000 chunks of the filings' words by default), so that
+  row is measured with the product's retrieval. benchmarks/query_latency.py times the store alone.
 - Ingestion: benchmarks/ingest_speed.py over the PDFs given, in its own process: the product's
   KnowledgeBase.ingest_paths end to end (PDFium and chunking in worker processes, Embedder on the GPU in
   float16, Chroma + SQLite). It needs chromadb importable (its wheels among DIST_DIR's, or in --store-site).
@@ -128,7 +128,7 @@ class GpuKnowledge:
         self.guilds: dict[str, tuple[list[Passage], object]] = {}
         self.hidden: set[str] = set()  # chunk ids that search leaves out
         self.last: list[Passage] = []  # what the last search found
-        self.product = product  # the product's store, its search timed beside (--store-data)
+        self.product = product  # the product's store, for the second questions (--store-data)
 
     def add_guild(self, guild: str, words_per_passage: int, count: int | None = None) -> None:
         rng = random.Random(guild)
@@ -150,12 +150,15 @@ class GpuKnowledge:
 
 class ProductStore:
     """The product's KnowledgeBase (Chroma + SQLite word search, in a temp dir) filled as
-    benchmarks/query_latency.py fills it: `chunks` passages of real filings' words, random vectors. The
-    second questions' retrieval runs against the stand-in store, whose passages are sized for the
-    prompts; this store's search is timed beside it, right after each follow-up, with the embedder and
-    the model in the same state, so the table can say what the product's retrieval adds."""
+    benchmarks/query_latency.py fills it: `chunks` passages of real filings' words (the product's median
+    chunk in Llama-3 tokens), random vectors. With --store-data the second questions retrieve from it as
+    the bot does; every channel's guild searches this one store. Passages in `hidden` are left out of
+    what a search returns (it asks for that many more), so a follow-up's passages can be all new."""
 
     GUILD = "product-store"
+    # The product's chunks of eight 10-Qs (at most 200 MiniLM word pieces) are a median 190 Llama-3 tokens
+    # (p90 216, max 266); so are 145 of the filings' words in a row (130, query_latency's size: 170).
+    CHUNK_WORDS = 145
 
     def __init__(self, embedder, data: Path, data_dir: Path, chunks: int):
         import csv
@@ -166,20 +169,24 @@ class ProductStore:
         from knowledge.base import KnowledgeBase
 
         self.kb = KnowledgeBase(load_config(None, env={}, data_dir=data_dir / "product-store"), embedder=embedder)
-        fill(self.kb, self.GUILD, chunks, corpus_words(data), embedder.dimension, np.random.default_rng(0))
+        fill(self.kb, self.GUILD, chunks, corpus_words(data), embedder.dimension, np.random.default_rng(0),
+             self.CHUNK_WORDS)
+        FIGURES["product store chunks"] = self.kb.store(self.GUILD).chunk_count()
         with open(data / "qna_data.csv", encoding="utf-8-sig", newline="") as f:
             self.questions = [r["Question"] for r in csv.DictReader(f)]
-        self.asked = 0
         for question in self.questions[:10]:
             self.kb.search(self.GUILD, question)  # the index and SQLite's pages loaded
+        self.hidden: set[str] = set()
+        self.last: list = []  # what the last search found
 
-    def search_ms(self) -> float:
-        """One search for the next question of the filings' question set, in ms."""
-        question = self.questions[self.asked % len(self.questions)]
-        self.asked += 1
-        started = time.perf_counter()
-        self.kb.search(self.GUILD, question)
-        return 1000 * (time.perf_counter() - started)
+    def search(self, guild: str, question: str, k: int | None = None) -> list:
+        k = k or self.kb.config.top_k
+        found = self.kb.search(self.GUILD, question, k + len(self.hidden))
+        self.last = [p for p in found if p.chunk_id not in self.hidden][:k]
+        return self.last
+
+    def existing_chunks(self, guild: str, chunk_ids: list[str]) -> set[str]:
+        return self.kb.existing_chunks(self.GUILD, chunk_ids)
 
 
 class NoEos:
@@ -373,8 +380,11 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
                 SPENT.setdefault(step, []).append(time.perf_counter() - started)
         return run
 
-    knowledge.search = timed("retrieval", knowledge.search)
-    bot.pipeline.build = timed("prompt", bot.pipeline.build)  # token counts included
+    turns = knowledge.product or knowledge  # where the second questions retrieve from
+    untimed_build = bot.pipeline.build
+    for store in {knowledge, turns}:
+        store.search = timed("retrieval", store.search)
+    bot.pipeline.build = timed("prompt", untimed_build)  # token counts included
     short = dataclasses.replace(config, chat=dataclasses.replace(config.chat, max_answer_tokens=128))
 
     async def single():
@@ -392,25 +402,24 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         return statistics.median(firsts), statistics.median(rates)
 
     async def second_turn():
-        """Passages of the product's largest chunk size here (the ~1,800-token prompt above needs bigger
-        ones). Before the timed question, NoEos.prime leaves the first answer in the KV cache as a real
+        """Passages of the product's chunk size here (~190 Llama-3 tokens, the median of its chunks of the
+        10-Qs; the ~1,800-token prompt above needs bigger ones). Before the timed question, NoEos.prime leaves the first answer in the KV cache as a real
         model's would be: the second turn then prefills only the new passages and question. Its passages
-        are all new (the first question's are hidden from search): the most a follow-up prefills."""
-        results, prefilled, steps, raw, product = [], [], [], [], []
+        are all new (the first question's are hidden from search): the most a follow-up prefills.
+        With --store-data, both questions retrieve from the product's store (`turns`)."""
+        results, prefilled, steps, raw = [], [], [], []
+        pipeline.knowledge = turns
         for i in range(SECOND_TURNS):
             channel = f"history-{name}-{i}"
             seed_history(memory, channel, 3000, llm.count)
             _, _, _, answer = await ask(pipeline, f"g-turn-{i}", channel, "Which region had the highest growth?")
             first_prefilled, first_messages = llm.last_timings.get("prompt_n"), pipeline.llm.last_messages
             await asyncio.to_thread(pipeline.llm.prime, answer)
-            knowledge.hidden = {p.chunk_id for p in knowledge.last}
+            turns.hidden = {p.chunk_id for p in turns.last}
             try:
                 first, _, _, _ = await ask(pipeline, f"g-turn-{i}", channel, "And the lowest?")
             finally:
-                knowledge.hidden = set()
-            if knowledge.product is not None:
-                product.append(await asyncio.to_thread(knowledge.product.search_ms))
-                print(f"  second turn {i}, the product's store searched right after: {product[-1]:.1f} ms", flush=True)
+                turns.hidden = set()
             results.append(first)
             prefilled.append(llm.last_timings.get("prompt_n", float("nan")))
             steps.append({step: values[-1] for step, values in SPENT.items()})
@@ -427,10 +436,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
         for step in ("retrieval", "prompt"):
             FIGURES[f"{name} second turn {step} ms"] = 1000 * statistics.median(s[step] for s in steps)
         FIGURES[f"{name} second turn raw"] = statistics.median(raw)
-        if product:
-            FIGURES[f"{name} second turn product retrieval ms"] = statistics.median(product)
-            FIGURES[f"{name} second turn with product store"] = (statistics.median(results) + (
-                statistics.median(product) - FIGURES[f"{name} second turn retrieval ms"]) / 1000)
+        pipeline.knowledge = knowledge
         return statistics.median(results), statistics.median(prefilled)
 
     async def many(n: int):
@@ -451,8 +457,9 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
     try:
         for i in range(4):
             knowledge.add_guild(f"g-single-{i}", args.words_1800)
-        for i in range(SECOND_TURNS):
-            knowledge.add_guild(f"g-turn-{i}", args.words_chunk, count=10)
+        if turns is knowledge:
+            for i in range(SECOND_TURNS):
+                knowledge.add_guild(f"g-turn-{i}", args.words_chunk, count=10)
         first, rate = asyncio.run(single())
         FIGURES[f"{name} first"], FIGURES[f"{name} decode"] = first, rate
         FIGURES[f"{name} second turn"], FIGURES[f"{name} second turn prefilled"] = asyncio.run(second_turn())
@@ -465,6 +472,9 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
     finally:
         pipeline.scheduler.close()
         memory.close()
+        for store in {knowledge, turns}:
+            del store.search  # the class's own again, for the next backend
+        bot.pipeline.build = untimed_build
 
 
 @section("engine, model.backend = server")
@@ -608,18 +618,16 @@ def table(args) -> str:
     add("16 channels: first token p95 / slowest (s); fewest pieces streamed to one channel", "",
         f"{fmt('server 16 first p95', '.2f')} / {fmt('server 16 slowest first', '.2f')}; {fmt('server 16 fewest pieces', '.0f')} of 128",
         "<= 1.5; none starved")
-    add("second question in a channel, 3,000 tokens of history, passages of the product's chunk size: first token (s)",
+    store = (f"the product's store (Chroma + SQLite, {f('product store chunks'):,.0f} chunks of the filings)"
+             if f("product store chunks") else "a stand-in store")
+    add(f"second question in a channel, 3,000 tokens of history, 5 new passages of the product's chunk size from {store}: "
+        "first token (s)",
         f"the same prompt sent to the model directly: server {fmt('server second turn raw', '.3f')} / local "
         f"{fmt('local second turn raw', '.3f')}",
         f"server {fmt('server second turn', '.3f')} ({fmt('server second turn prefilled', '.0f')} new tokens prefilled; "
         f"retrieval {fmt('server second turn retrieval ms', '.0f')} ms, prompt {fmt('server second turn prompt ms', '.0f')} ms) "
-        f"/ local {fmt('local second turn', '.3f')}" + (
-            f"; with the product's store (Chroma + SQLite, {args.store_chunks:,} chunks, searched beside: "
-            f"{fmt('server second turn product retrieval ms', '.0f')} / {fmt('local second turn product retrieval ms', '.0f')} ms "
-            f"against the stand-in's {fmt('server second turn retrieval ms', '.0f')} / {fmt('local second turn retrieval ms', '.0f')}), "
-            f"about {fmt('server second turn with product store', '.3f')} / {fmt('local second turn with product store', '.3f')}"
-            if f("server second turn product retrieval ms") or f("local second turn product retrieval ms") else ""),
-        "<= 0.1")
+        f"/ local {fmt('local second turn', '.3f')} (retrieval {fmt('local second turn retrieval ms', '.0f')} ms, prompt "
+        f"{fmt('local second turn prompt ms', '.0f')} ms)", "<= 0.1")
     add("GPU memory, model + 8k context, one sequence (MiB)", "",
         f"local {fmt('local memory c8192', ',.0f')} / llama-server -np 1 {fmt('server memory np1 c8192', ',.0f')} at load; "
         f"{fmt('local memory c8192 prompted', ',.0f')} / {fmt('server memory np1 c8192 prompted', ',.0f')} after a "
@@ -644,8 +652,8 @@ def main() -> None:
     parser.add_argument("--embedder", type=Path, help="a sentence-transformers model directory (default: packaged MiniLM)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--store-data", dest="store_data", type=Path,
-                        help="query_latency.py's --data (docs/*.pdf, qna_data.csv): also time the product's store "
-                        "(Chroma + SQLite; needs chromadb) beside each second question")
+                        help="query_latency.py's --data (docs/*.pdf, qna_data.csv): the second questions retrieve "
+                        "from the product's store (Chroma + SQLite; needs chromadb) filled from it")
     parser.add_argument("--store-chunks", dest="store_chunks", type=int, default=10_000)
     parser.add_argument("--store-site", dest="store_site", type=Path,
                         help="a folder of packages for --store-data and the ingestion row (chromadb's), searched "

@@ -20,7 +20,7 @@
 #   pip download --no-deps gguf diskcache pypdfium2 -d DIST_DIR
 #   pip download chromadb -d DIST_DIR   (then drop the wheels the GPU machine already has)
 #
-# The product's store beside the second questions (gpu_bench.py --store-data): chromadb's wheels and the
+# The second questions retrieving from the product's store (gpu_bench.py --store-data): chromadb's wheels and the
 # filings do not fit one upload beside llama.cpp's source, so a second call on the same warm machine brings
 # them (STORE_KIT/wheels: `pip download chromadb` less numpy, onnxruntime, kubernetes, uvloop, hf_xet,
 # huggingface_hub and tokenizers, which chromadb runs without or the machine has; STORE_KIT/data: the

@@ -41,7 +41,8 @@ def corpus_words(folder: Path, max_files: int = 4) -> list[str]:
     return words
 
 
-def fill(kb: KnowledgeBase, guild: str, n_chunks: int, words: list[str], dim: int, rng) -> None:
+def fill(kb: KnowledgeBase, guild: str, n_chunks: int, words: list[str], dim: int, rng,
+         chunk_words: int = CHUNK_WORDS) -> None:
     store = kb.store(guild)
     have = store.chunk_count()
     for d in range(have // DOC_CHUNKS, n_chunks // DOC_CHUNKS):
@@ -49,8 +50,8 @@ def fill(kb: KnowledgeBase, guild: str, n_chunks: int, words: list[str], dim: in
         name = f"{2000 + d % 25} Q{d % 4 + 1} report {d}.pdf"
         chunks, texts = [], []
         for i in range(DOC_CHUNKS):
-            start = int(rng.integers(0, len(words) - CHUNK_WORDS))
-            text = " ".join(words[start:start + CHUNK_WORDS])
+            start = int(rng.integers(0, len(words) - chunk_words))
+            text = " ".join(words[start:start + chunk_words])
             chunks.append(Chunk(f"{doc_id}:{i}", doc_id, name, i // 4 + 1, i, text))
             texts.append(f"{name}\n{text}")
         vectors = rng.standard_normal((DOC_CHUNKS, dim)).astype(np.float32)
