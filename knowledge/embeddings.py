@@ -142,8 +142,11 @@ class Embedder:
 
     def warm_up(self) -> None:
         """Load the model and run it once, so that the first question does not wait for that: ~7 s on
-        the 2-core CPU, 13-17 s on the H100 machine, where CUDA starts too."""
+        the 2-core CPU, 13-17 s on the H100 machine, where CUDA starts too; on a GPU, also capture the
+        graphs of the usual questions."""
         self.encode_question("warm up")
+        if self._question_graphs:
+            self._question_graphs.capture()
 
     @property
     def max_tokens(self) -> int:

@@ -6,7 +6,7 @@ of the 10-Q set and three odd ones) a question took a median 5.97 ms through sen
 encode and 0.93 ms replayed from a graph, the vectors agreeing to a cosine of 0.99976 at least. A graph
 replays fixed shapes, so questions are padded up to a bucket (batch 1, 2, 4, 8 or 16; 16, 32, 64 ...
 word pieces): the attention mask keeps the padding out of the vector. Each shape is captured the first
-time it is needed (~7 ms; the first capture of a process ~45 ms).
+time it is needed (~7 ms; the first capture of a process ~45 ms), or at start for the usual questions.
 """
 
 from __future__ import annotations
@@ -76,22 +76,37 @@ class QuestionGraphs:
         self._lock = threading.Lock()
         self._broken = False
 
+    def capture(self, lengths: tuple[int, ...] = (16, 32, 64)) -> None:
+        """Capture the graphs of single questions of these lengths now, so that the first questions
+        asked (most are under 64 word pieces) wait for none."""
+        names = list(self._features(["warm up"]))
+        with self._lock:
+            for length in lengths:
+                self._graph((1, min(length, self._model.max_seq_length or length)), names)
+
     def encode(self, texts: list[str]) -> np.ndarray | None:
         if self._broken or len(texts) > MAX_BATCH:
             return None
-        prepare = getattr(self._model, "preprocess", None) or self._model.tokenize  # renamed in sentence-transformers 6
-        features = prepare(texts)
-        features = {name: value for name, value in features.items() if getattr(value, "ndim", 0) == 2}
+        features = self._features(texts)
         rows, length = features["input_ids"].shape
         # the texts were cut at max_seq_length, which padding must not pass either
         shape = (_bucket(rows, 1), min(_bucket(length, _SHORTEST), self._model.max_seq_length or length))
         with self._lock:
+            graph = self._graph(shape, list(features))
+            return graph.run(features) if graph else None
+
+    def _features(self, texts: list[str]) -> dict:
+        prepare = getattr(self._model, "preprocess", None) or self._model.tokenize  # renamed in sentence-transformers 6
+        features = prepare(texts)
+        return {name: value for name, value in features.items() if getattr(value, "ndim", 0) == 2}
+
+    def _graph(self, shape: tuple[int, int], names: list[str]) -> _Graph | None:
+        """The graph of this shape, captured if need be; None once capturing has failed."""
+        if shape not in self._graphs and not self._broken:
             try:
-                if shape not in self._graphs:
-                    self._graphs[shape] = _Graph(self._model, *shape, list(features))
-                return self._graphs[shape].run(features)
+                self._graphs[shape] = _Graph(self._model, *shape, names)
             except Exception:
                 self._broken = True
                 log.warning("questions cannot be embedded from CUDA graphs; using the model's own encode",
                             exc_info=True)
-                return None
+        return self._graphs.get(shape)

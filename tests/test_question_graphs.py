@@ -16,6 +16,7 @@ QUESTIONS = ["hi", "What was Apple's total net sales in the third quarter of 202
 def test_a_model_that_cannot_be_captured_is_left_to_its_own_encode(embedder, caplog):
     graphs = QuestionGraphs(embedder.model)  # on the CPU: there is no CUDA graph to capture
     with caplog.at_level(logging.WARNING, logger="knowledge.question_graphs"):
+        graphs.capture()
         assert graphs.encode(QUESTIONS[:1]) is None
         assert graphs.encode(QUESTIONS[1:2]) is None  # not tried again
     assert len(caplog.records) == 1 and "model's own encode" in caplog.records[0].getMessage()
@@ -26,6 +27,7 @@ def test_a_model_that_cannot_be_captured_is_left_to_its_own_encode(embedder, cap
 def test_questions_from_graphs_match_the_models_own_encode():
     gpu = Embedder(device="cuda")
     graphs = QuestionGraphs(gpu.model)
+    graphs.capture()
     for batch in (QUESTIONS[:1], QUESTIONS[1:2], QUESTIONS, QUESTIONS * 4, QUESTIONS[:1]):
         ours, theirs = graphs.encode(batch), gpu.encode(batch)
         assert ours is not None and ours.shape == theirs.shape
