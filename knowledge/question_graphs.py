@@ -82,18 +82,21 @@ class QuestionGraphs:
         names = list(self._features(["warm up"]))
         with self._lock:
             for length in lengths:
-                self._graph((1, min(length, self._model.max_seq_length or length)), names)
+                self._graph((1, self._padded(length)), names)
 
     def encode(self, texts: list[str]) -> np.ndarray | None:
         if self._broken or len(texts) > MAX_BATCH:
             return None
         features = self._features(texts)
         rows, length = features["input_ids"].shape
-        # the texts were cut at max_seq_length, which padding must not pass either
-        shape = (_bucket(rows, 1), min(_bucket(length, _SHORTEST), self._model.max_seq_length or length))
         with self._lock:
-            graph = self._graph(shape, list(features))
+            graph = self._graph((_bucket(rows, 1), self._padded(length)), list(features))
             return graph.run(features) if graph else None
+
+    def _padded(self, length: int) -> int:
+        """The graph length for texts of `length` word pieces: tokenizing cut them at max_seq_length,
+        which padding must not pass either."""
+        return min(_bucket(length, _SHORTEST), self._model.max_seq_length or length)
 
     def _features(self, texts: list[str]) -> dict:
         prepare = getattr(self._model, "preprocess", None) or self._model.tokenize  # renamed in sentence-transformers 6
