@@ -226,6 +226,17 @@ def test_candidates_picked_in_the_graph_sample_as_on_the_cpu(llm):
     assert len(list(model.stream(question, 20, logit_bias=_ban_end_of_turn(model)))) == 20  # bans still hold
 
 
+def test_prefilling_throwaway_batches_at_start_leaves_nothing_behind(llm):
+    """With the whole model on a GPU, LocalModel prefills a batch of each size class at start so that CUDA
+    loads those kernels then (load_prefill_kernels); afterwards the cache is empty and answers are as before."""
+    model = LocalModel(llm.config)
+    question = [MESSAGES[0], {"role": "user", "content": "Name three colours of the rainbow."}]
+    before = "".join(model.stream(question, 16))
+    model.load_prefill_kernels()
+    assert model.llama.n_tokens == 0
+    assert "".join(model.stream(question, 16)) == before
+
+
 def test_server_backend_starts_supervises_and_stops_its_server(llm):
     from bot.llm import ServerModel, load_model
 
