@@ -245,8 +245,8 @@ class LocalModel:
         (2026-12-04, the 8B-shaped model, a fresh process, batches of 29 sizes from 2 to 1,280 tokens after
         a 4,750-token prompt, each size twice) first batches took longer: 978 tokens 117 ms against 70
         the second time, 400 tokens 86 against 43, 8 tokens 24 against 9, and a first 1,800-token prompt
-        340 ms against 119. After this (1.25 s) each size took the same both times, within 3 ms; the GPU
-        then held 6,573 MiB, as it did after those prompts without it.
+        340 ms against 119. After this (1.25 s) no size's first batch took 2 ms longer than its second;
+        the GPU then held 6,573 MiB, as it did after those prompts without it.
         """
         token = max(self.llama.token_bos(), 0)
         for n in [*range(2, 8), *range(8, 129, 8), *range(192, self.llama.n_batch + 1, 64)]:
