@@ -1,3 +1,4 @@
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -228,8 +229,9 @@ def test_candidates_picked_in_the_graph_sample_as_on_the_cpu(llm):
 
 def test_prefilling_throwaway_batches_at_start_leaves_nothing_behind(llm):
     """With the whole model on a GPU, LocalModel prefills a batch of each size class at start so that CUDA
-    loads those kernels then (load_prefill_kernels); afterwards the cache is empty and answers are as before."""
-    model = LocalModel(llm.config)
+    loads those kernels then (load_prefill_kernels); afterwards the cache is empty and answers are as before.
+    A batch of 256 tokens keeps each of its three ranges of sizes and halves what the CPU prefills."""
+    model = LocalModel(dataclasses.replace(llm.config, n_batch=256))
     question = [MESSAGES[0], {"role": "user", "content": "Name three colours of the rainbow."}]
     before = "".join(model.stream(question, 16))
     model.load_prefill_kernels()
