@@ -24,7 +24,7 @@ RUN pip download --no-deps --no-binary=:all: "llama-cpp-python==${LLAMA_CPP_PYTH
  && mkdir llama-cpp-python \
  && tar xzf sdist/llama_cpp_python-*.tar.gz -C llama-cpp-python --strip-components=1 \
  && for p in patches/*.patch; do patch -p1 -d llama-cpp-python/vendor/llama.cpp < "$p" || exit 1; done
-# The same llama.cpp flags as benchmarks/gpu_bench.sh (tests/test_docker.py checks that they agree).
+# The same llama.cpp flags as the GPU benchmark (benchmarks/llama_source.sh; tests/test_docker.py checks).
 # GGML_NATIVE=OFF: no -march=native, so the image runs on any x86-64 CPU. The linker flag lets the
 # binaries link against the CUDA driver stub here; the real libcuda comes from the host at run time.
 RUN cmake -S llama-cpp-python/vendor/llama.cpp -B llama-build -G Ninja \

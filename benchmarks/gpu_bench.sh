@@ -10,6 +10,8 @@
 #   llama_cpp_python-0.3.36.tar.gz   the sdist (or a trimmed llama-src.tar.xz of the same tree: without
 #                                    vendor/llama.cpp/{docs,media,benches} and the models/*.gguf other
 #                                    than ggml-vocab-llama-bpe.gguf, it fits a 64 MiB upload)
+#     or llama-cuda-build.tar.xz     llama.cpp built for CUDA off the GPU machine by build_cuda_kit.sh
+#                                    (saves the build's ~290 s of device time)
 #   *.whl                            gguf, diskcache (pure Python), pypdfium2; for the ingestion row,
 #                                    chromadb and those of its dependencies the machine lacks
 #   minilm/ (optional)               all-MiniLM-L6-v2's config + tokenizer files; without
@@ -26,11 +28,12 @@
 # huggingface_hub and tokenizers, which chromadb runs without or the machine has; STORE_KIT/data: the
 # filings as query_latency.py's --data wants them) and runs
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/store-site STORE_KIT/wheels/*.whl
-#   bash benchmarks/gpu_bench.sh DIST_DIR --only server,local --store-data STORE_KIT/data --store-site /tmp/store-site
+#   bash benchmarks/gpu_bench.sh STORE_KIT --only server,local --store-data STORE_KIT/data --store-site /tmp/store-site
+# (the build, packages and model of the first call are reused).
 #
 # Work files (build, Python packages, the 4.92 GB synthetic model) go to $GPU_BENCH_WORK
 # (default /tmp/gpubench); a second run reuses them. --build-only stops after building and writing
-# the model. The llama.cpp build takes about 5.5 minutes on 16 cores.
+# the model. Building llama.cpp here takes about 5.5 minutes on 16 cores.
 set -euo pipefail
 DIST=$(realpath "${1:?usage: gpu_bench.sh DIST_DIR [--build-only]}")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,36 +41,39 @@ WORK=${GPU_BENCH_WORK:-/tmp/gpubench}
 CUDA_ARCHS=${CUDA_ARCHS:-90}  # 90: H100/H200; the Dockerfile builds for several
 mkdir -p "$WORK"
 SRC=$WORK/src BUILD=$WORK/build SITE=$WORK/site MODEL=$WORK/synth-llama3-8b-q4km.gguf
+# shellcheck source=benchmarks/llama_source.sh
+. "$REPO/benchmarks/llama_source.sh"
 
-if [ ! -f "$SRC/pyproject.toml" ]; then
-  mkdir -p "$SRC"
-  archive=
-  for f in "$DIST"/llama_cpp_python-*.tar.gz "$DIST"/llama-src.tar.*; do [ -f "$f" ] && archive=$f && break; done
-  [ -n "$archive" ] || { echo "no llama-cpp-python sdist in $DIST" >&2; exit 1; }
-  tar xf "$archive" -C "$SRC" --strip-components=1
-  # patches/, as in the Dockerfile: GGML_CUDA_MMQ_MAX_BATCH (prompt prefill on cuBLAS, decoding on MMQ)
-  # and LLAMA_SERVER_GRAPH_TOP_K (llama-server picks each token's candidates in the graph)
-  for p in "$REPO"/patches/*.patch; do patch -p1 -d "$SRC/vendor/llama.cpp" < "$p" >/dev/null; done
-fi
-
-# The same llama.cpp flags as the Dockerfile (tests/test_docker.py checks they agree).
-LLAMA_CMAKE_FLAGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release"
-if [ ! -x "$BUILD/bin/llama-server" ]; then
-  # shellcheck disable=SC2086
-  cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja $LLAMA_CMAKE_FLAGS -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" >"$WORK/cmake.log"
-  cmake --build "$BUILD" -j"$(nproc)" --target llama-bench llama-server >"$WORK/build.log"
+# A build made off this machine by build_cuda_kit.sh: build/bin, the llama_cpp package, the vocabulary.
+if [ ! -d "$BUILD" ] && [ -f "$DIST/llama-cuda-build.tar.xz" ]; then tar xJf "$DIST/llama-cuda-build.tar.xz" -C "$WORK"; fi
+if [ -f "$BUILD/kit.txt" ]; then
+  VOCAB=$BUILD/ggml-vocab-llama-bpe.gguf
+  CUDA_LIB=${CUDA_HOME:-/usr/local/cuda}/lib64  # this machine's cudart and cuBLAS
+else
+  [ -f "$SRC/pyproject.toml" ] || unpack_llama_source "$DIST" "$SRC" "$REPO"
+  VOCAB=$SRC/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf
+  CUDA_LIB=
+  if [ ! -x "$BUILD/bin/llama-server" ]; then
+    # shellcheck disable=SC2086
+    cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja $LLAMA_CMAKE_FLAGS -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" >"$WORK/cmake.log"
+    cmake --build "$BUILD" -j"$(nproc)" --target llama-bench llama-server >"$WORK/build.log"
+  fi
 fi
 
 if [ ! -d "$SITE/llama_cpp" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$DIST"/*.whl
-  # The Python package on the library built above (no second compile).
-  CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" python3 -m pip install -q --no-index --no-deps \
-    --no-build-isolation --target "$SITE" "$SRC"
+  if [ -f "$BUILD/kit.txt" ]; then
+    cp -r "$BUILD/llama_cpp" "$SITE/"
+  else
+    # The Python package on the library built above (no second compile).
+    CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" python3 -m pip install -q --no-index --no-deps \
+      --no-build-isolation --target "$SITE" "$SRC"
+  fi
 fi
-export PYTHONPATH=$SITE:$REPO LLAMA_CPP_LIB_PATH=$BUILD/bin LD_LIBRARY_PATH=$BUILD/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONPATH=$SITE:$REPO LLAMA_CPP_LIB_PATH=$BUILD/bin LD_LIBRARY_PATH=$BUILD/bin${CUDA_LIB:+:$CUDA_LIB}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 if [ ! -f "$MODEL" ]; then
-  python3 "$REPO/benchmarks/make_synth_llama3.py" "$SRC/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf" "$MODEL.part"
+  python3 "$REPO/benchmarks/make_synth_llama3.py" "$VOCAB" "$MODEL.part"
   mv "$MODEL.part" "$MODEL"
 fi
 [ "${2:-}" = "--build-only" ] && { echo "built: $BUILD/bin, model: $MODEL"; exit 0; }

@@ -21,8 +21,11 @@ def _cmake_flags(text: str) -> set[str]:
 
 def test_docker_builds_llama_cpp_with_the_benchmark_flags():
     bench = (ROOT / "benchmarks/gpu_bench.sh").read_text()
-    bench_flags = _cmake_flags(re.search(r'^LLAMA_CMAKE_FLAGS="([^"]+)"', bench, re.M).group(1))
+    source = (ROOT / "benchmarks/llama_source.sh").read_text()  # shared by gpu_bench.sh and build_cuda_kit.sh
+    bench_flags = _cmake_flags(re.search(r'^LLAMA_CMAKE_FLAGS="([^"]+)"', source, re.M).group(1))
     assert {"-DGGML_CUDA=on", "-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=ON"} <= bench_flags
+    kit = (ROOT / "benchmarks/build_cuda_kit.sh").read_text()
+    assert "-G Ninja $LLAMA_CMAKE_FLAGS -DCMAKE_CUDA_ARCHITECTURES=" in bench and "-G Ninja $LLAMA_CMAKE_FLAGS" in kit
     cmake = re.search(r"RUN cmake -S (.+?)&& cmake --build", _dockerfile(), re.S).group(1)
     docker_flags = _cmake_flags(cmake) - {"-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined"}
     assert docker_flags == bench_flags
@@ -32,7 +35,7 @@ def test_docker_builds_llama_cpp_with_the_benchmark_flags():
     # Both apply every patch in patches/ to llama.cpp; the image switches on the one the bot does not.
     assert len(list((ROOT / "patches").glob("*.patch"))) == 2
     assert "for p in patches/*.patch; do patch -p1 -d llama-cpp-python/vendor/llama.cpp" in _dockerfile()
-    assert 'for p in "$REPO"/patches/*.patch; do patch -p1 -d "$SRC/vendor/llama.cpp"' in bench
+    assert 'for p in "$repo"/patches/*.patch; do patch -p1 -d "$src/vendor/llama.cpp"' in source
     assert "GGML_CUDA_MMQ_MAX_BATCH=128" in _dockerfile()
 
 
