@@ -1,7 +1,7 @@
 """`python -m bot ...`: everything the bot does, from a terminal.
 
-Every command takes --data-dir (default ./data) and --config; scripts depend on the command names,
-options and the --json fields below.
+Every command takes --data-dir (default ./data) and --config, before or after the command name; scripts
+depend on the command names, options and the --json fields below.
 """
 
 from __future__ import annotations
@@ -43,13 +43,18 @@ class UserError(Exception):
     """Something the user can fix; printed as one line, no traceback."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", type=Path, default=None,
+def _add_location_options(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--data-dir", type=Path, default=default,
                         help="where the knowledge base and memory live (default: ./data or the config's data_dir)")
-    common.add_argument("--config", type=Path, default=None, help="TOML config file (default: ./config.toml if present)")
+    parser.add_argument("--config", type=Path, default=default, help="TOML config file (default: ./config.toml if present)")
 
+
+def _parser() -> argparse.ArgumentParser:
+    # --data-dir and --config go before the command or after it; given after, they win.
     parser = argparse.ArgumentParser(prog="python -m bot", description="Discord assistant that answers from your PDFs.")
+    _add_location_options(parser, None)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_location_options(common, argparse.SUPPRESS)  # not given after the command: keep what came before
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingest", parents=[common], help="add PDFs (files or folders) to a server's knowledge base")

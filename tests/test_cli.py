@@ -56,3 +56,14 @@ def test_run_without_token_says_so_in_one_line(tmp_path):
     result = bot("run", data_dir=tmp_path / "data")
     assert result.returncode == 1
     assert result.stderr == "error: DISCORD_TOKEN is not set: put the bot's token in the environment or in a .env file\n"
+
+
+def test_data_dir_goes_before_or_after_the_command(tmp_path):
+    before, after = tmp_path / "before", tmp_path / "after"
+    listed = subprocess.run([sys.executable, "-m", "bot", "--data-dir", str(before), "kb", "list", "--guild", "7"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    assert listed.returncode == 0 and listed.stdout.strip() == "no documents", listed.stderr
+    assert before.is_dir()
+    # Both given: the one after the command wins.
+    assert bot("--data-dir", str(before), "kb", "list", "--guild", "7", data_dir=after).returncode == 0
+    assert after.is_dir()
