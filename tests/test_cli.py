@@ -10,8 +10,9 @@ from tests.pdfs import make_pdf
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bot(*args, data_dir):
-    return subprocess.run([sys.executable, "-m", "bot", *args, "--data-dir", str(data_dir)],
+def bot(*args, data_dir=None):
+    location = ["--data-dir", str(data_dir)] if data_dir else []
+    return subprocess.run([sys.executable, "-m", "bot", *args, *location],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
 
 
@@ -60,8 +61,7 @@ def test_run_without_token_says_so_in_one_line(tmp_path):
 
 def test_data_dir_goes_before_or_after_the_command(tmp_path):
     before, after = tmp_path / "before", tmp_path / "after"
-    listed = subprocess.run([sys.executable, "-m", "bot", "--data-dir", str(before), "kb", "list", "--guild", "7"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    listed = bot("--data-dir", str(before), "kb", "list", "--guild", "7")
     assert listed.returncode == 0 and listed.stdout.strip() == "no documents", listed.stderr
     assert before.is_dir()
     # Both given: the one after the command wins.
