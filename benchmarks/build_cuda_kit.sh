@@ -15,7 +15,6 @@ SOURCE=$(realpath "${1:?usage: build_cuda_kit.sh SOURCE_DIR DIST_DIR}")
 mkdir -p "${2:?usage: build_cuda_kit.sh SOURCE_DIR DIST_DIR}" && DIST=$(realpath "$2")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${CUDA_KIT_WORK:-/tmp/cudakit}
-CUDA_ARCHS=${CUDA_ARCHS:-90}
 SRC=$WORK/src BUILD=$WORK/build
 # shellcheck source=benchmarks/llama_source.sh
 . "$REPO/benchmarks/llama_source.sh"
@@ -39,15 +38,11 @@ lib=$(dirname "$(find "$WORK/cublas" -name "libcublas.so.*")")
 mkdir -p "$WORK/stub"
 echo 'void cuda_driver_stand_in(void) {}' | gcc -shared -x c - -Wl,-soname,libcuda.so.1 -o "$WORK/stub/libcuda.so"
 
-if [ ! -x "$BUILD/bin/llama-server" ]; then
-  # shellcheck disable=SC2086
-  cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja $LLAMA_CMAKE_FLAGS -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" \
-    -DCMAKE_CUDA_FLAGS="-I$include" -DCMAKE_CXX_FLAGS="-I$include" \
-    -DCUDA_cublas_LIBRARY="$(ls "$lib"/libcublas.so.*)" -DCUDA_cublasLt_LIBRARY="$(ls "$lib"/libcublasLt.so.*)" \
-    -DCUDA_cuda_driver_LIBRARY="$WORK/stub/libcuda.so" \
-    -DCMAKE_EXE_LINKER_FLAGS="-Wl,--allow-shlib-undefined -Wl,-rpath-link,$lib" >"$WORK/cmake.log"
-  cmake --build "$BUILD" -j"$(nproc)" --target llama-bench llama-server >"$WORK/build.log"
-fi
+[ -x "$BUILD/bin/llama-server" ] || build_llama "$SRC" "$BUILD" \
+  -DCMAKE_CUDA_FLAGS="-I$include" -DCMAKE_CXX_FLAGS="-I$include" \
+  -DCUDA_cublas_LIBRARY="$(ls "$lib"/libcublas.so.*)" -DCUDA_cublasLt_LIBRARY="$(ls "$lib"/libcublasLt.so.*)" \
+  -DCUDA_cuda_driver_LIBRARY="$WORK/stub/libcuda.so" \
+  -DCMAKE_EXE_LINKER_FLAGS="-Wl,--allow-shlib-undefined -Wl,-rpath-link,$lib"
 readelf -d "$BUILD/bin/libggml-cuda.so" | grep -q 'libcuda\.so\.1' || patchelf --add-needed libcuda.so.1 "$BUILD/bin/libggml-cuda.so"
 
 kit=$WORK/kit

@@ -38,7 +38,6 @@ set -euo pipefail
 DIST=$(realpath "${1:?usage: gpu_bench.sh DIST_DIR [--build-only]}")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${GPU_BENCH_WORK:-/tmp/gpubench}
-CUDA_ARCHS=${CUDA_ARCHS:-90}  # 90: H100/H200; the Dockerfile builds for several
 mkdir -p "$WORK"
 SRC=$WORK/src BUILD=$WORK/build SITE=$WORK/site MODEL=$WORK/synth-llama3-8b-q4km.gguf
 # shellcheck source=benchmarks/llama_source.sh
@@ -53,11 +52,7 @@ else
   [ -f "$SRC/pyproject.toml" ] || unpack_llama_source "$DIST" "$SRC" "$REPO"
   VOCAB=$SRC/vendor/llama.cpp/models/ggml-vocab-llama-bpe.gguf
   CUDA_LIB=
-  if [ ! -x "$BUILD/bin/llama-server" ]; then
-    # shellcheck disable=SC2086
-    cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja $LLAMA_CMAKE_FLAGS -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" >"$WORK/cmake.log"
-    cmake --build "$BUILD" -j"$(nproc)" --target llama-bench llama-server >"$WORK/build.log"
-  fi
+  [ -x "$BUILD/bin/llama-server" ] || build_llama "$SRC" "$BUILD"
 fi
 
 if [ ! -d "$SITE/llama_cpp" ]; then

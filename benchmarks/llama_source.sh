@@ -1,4 +1,6 @@
-# Sourced by gpu_bench.sh and build_cuda_kit.sh: llama.cpp's source as the Dockerfile builds it.
+# Sourced by gpu_bench.sh and build_cuda_kit.sh: llama.cpp's source and build, as the Dockerfile makes them.
+
+CUDA_ARCHS=${CUDA_ARCHS:-90}  # 90: H100/H200; the Dockerfile builds for several
 
 # The same llama.cpp flags as the Dockerfile (tests/test_docker.py checks they agree).
 LLAMA_CMAKE_FLAGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DCMAKE_BUILD_TYPE=Release"
@@ -14,4 +16,15 @@ unpack_llama_source() {
   mkdir -p "$src"
   tar xf "$archive" -C "$src" --strip-components=1
   for p in "$repo"/patches/*.patch; do patch -p1 -d "$src/vendor/llama.cpp" < "$p" >/dev/null || return 1; done
+}
+
+# build_llama SRC_DIR BUILD_DIR [more cmake options...]: llama-bench and llama-server for $CUDA_ARCHS,
+# with cmake's and the build's output in BUILD_DIR's parent (cmake.log, build.log).
+build_llama() {
+  local src=$1 build=$2 logs
+  shift 2
+  logs=$(dirname "$build")
+  # shellcheck disable=SC2086
+  cmake -S "$src/vendor/llama.cpp" -B "$build" -G Ninja $LLAMA_CMAKE_FLAGS -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" "$@" >"$logs/cmake.log"
+  cmake --build "$build" -j"$(nproc)" --target llama-bench llama-server >"$logs/build.log"
 }
