@@ -403,9 +403,10 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
 
     async def second_turn():
         """Passages of the product's chunk size here (~190 Llama-3 tokens, the median of its chunks of the
-        10-Qs; the ~1,800-token prompt above needs bigger ones). Before the timed question, NoEos.prime leaves the first answer in the KV cache as a real
-        model's would be: the second turn then prefills only the new passages and question. Its passages
-        are all new (the first question's are hidden from search): the most a follow-up prefills.
+        10-Qs; the ~1,800-token prompt above needs bigger ones). Before the timed question, NoEos.prime
+        leaves the first answer in the KV cache as a real model's would be: the second turn then prefills
+        only the new passages and question. Its passages are all new (the first question's are hidden from
+        search): the most a follow-up prefills.
         With --store-data, both questions retrieve from the product's store (`turns`)."""
         results, prefilled, steps, raw = [], [], [], []
         pipeline.knowledge = turns
