@@ -63,8 +63,11 @@ class Candidate:
 
 def naming_terms(label: str, first_page: str) -> set[str]:
     """The words that can name a document: all of its file label, and the proper nouns, codes and
-    numbers of its first page ("Apple", "NVIDIA", "10-Q", "2023"), not its ordinary words."""
-    names = {w for w in _NAME.findall(first_page) if not w.isalpha() or not w.islower()}
+    numbers of its first page ("Apple", "NVIDIA", "10-Q", "2023"), not its ordinary words. A word
+    the page also writes in lower case is an ordinary one ("Zip Code" beside "area code")."""
+    tokens = _NAME.findall(first_page)
+    ordinary = {w for w in tokens if w.isalpha() and w.islower()}
+    names = {w for w in tokens if w.lower() not in ordinary}
     return set(words(label)) | set(words(" ".join(names)))
 
 
@@ -73,7 +76,10 @@ _MONTHS = {m: i for i, m in enumerate(
 _DATE = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+\d{1,2},?\s+((?:19|20)\d\d)\b", re.IGNORECASE)
 _QUARTER_YEAR = re.compile(r"\bq([1-4])[\s_-]*((?:19|20)\d\d)\b|\b((?:19|20)\d\d)[\s_-]*q([1-4])\b", re.IGNORECASE)
 _RECENT_BOOST = 0.5
-_RECENT = re.compile(r"\b(latest|most recent|newest|current|last)\b", re.IGNORECASE)
+# "the latest 10-Q", "its most recent quarterly filing"; not "last updated", "current liabilities".
+_RECENT = re.compile(r"\b(?:latest|most recent|newest|current|last)\s+(?:[\w-]+\s+)?"
+                     r"(?:quarter|quarterly|report|filing|10-?[qk]|version|edition|release|period|document)\b",
+                     re.IGNORECASE)
 
 
 def document_period(label: str, first_page: str) -> int | None:

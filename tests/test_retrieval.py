@@ -11,6 +11,8 @@ def test_naming_terms_are_file_words_and_proper_nouns():
     terms = naming_terms("2023 Q3 ACME", "ACME Corporation quarterly report. Revenue grew in Ohio.")
     assert {"2023", "q3", "acme", "corporation", "ohio"} <= terms
     assert "revenue" in terms and "grew" not in terms  # sentence-initial capital counts; lower-case words don't
+    cover = naming_terms("report", "ACME Corp. (Zip Code) Telephone number, including area code: 555-0100")
+    assert "code" not in cover and {"acme", "zip", "telephone"} <= cover  # written in lower case too: not a name
 
 
 def test_document_period():
@@ -29,6 +31,9 @@ def test_router_prefers_named_and_newest_documents():
     assert scores["a22"] == scores["a23"] == 1.0 and scores["b23"] == 0.0
     latest = router.scores("What does Acme's latest report say?")
     assert latest["a23"] > latest["a22"] > latest["b23"]  # newest of the documents the question names
+    assert router.scores("What was in the most recent quarterly filing?")["b23"] > 0  # names none: the newest of all
+    for not_asking_for_the_newest in ("When was Acme's guide last updated?", "What are Acme's current liabilities?"):
+        assert router.scores(not_asking_for_the_newest) == scores
     assert router.scores("What is the weather like?") == {}
 
 
