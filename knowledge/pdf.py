@@ -103,11 +103,13 @@ def join_shares(shares: list[list[Page]]) -> list[Page]:
 
 _SPACES = re.compile(r"[ \t\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_LEADER = re.compile(r" ?(?:\. ?){5,}")  # a contents page's "Introduction . . . . . . 4"
 
 
 def clean_text(text: str) -> str:
-    """Normalise whitespace, keep line breaks (they separate table rows), drop NULs."""
+    """Normalise whitespace, keep line breaks (they separate table rows), drop NULs, shorten dot
+    leaders to " ... " (as dots they fill a contents page's chunk, one token each)."""
     # PDFium joins a word hyphenated at a line's end with the control character 2 where the hyphen was.
     text = text.replace("\x00", "").replace("\x02", "-").replace("\r\n", "\n").replace("\r", "\n")
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    lines = (_LEADER.sub(" ... ", _SPACES.sub(" ", line)).strip() for line in text.split("\n"))
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()

@@ -24,6 +24,11 @@ def test_a_word_hyphenated_at_a_line_end_keeps_its_hyphen():
     assert pages[0].text == "Our credit-financing arrangements and stock-based compensation"
 
 
+def test_dot_leaders_are_shortened_and_ellipses_kept():
+    pages = read(make_pdf(["Contents\nIntroduction . . . . . . . . . . 1\nRisk factors.............. 12\nWait... see 1.2.3.4.5"]))
+    assert pages[0].text == "Contents\nIntroduction ... 1\nRisk factors ... 12\nWait... see 1.2.3.4.5"
+
+
 def test_aes_pdf_with_empty_password_opens():
     pages = read(encrypt(make_pdf(["Quarterly report text"]), user_password=""))
     assert pages[0].text == "Quarterly report text"
