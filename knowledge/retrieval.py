@@ -76,10 +76,9 @@ _MONTHS = {m: i for i, m in enumerate(
 _DATE = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+\d{1,2},?\s+((?:19|20)\d\d)\b", re.IGNORECASE)
 _QUARTER_YEAR = re.compile(r"\bq([1-4])[\s_-]*((?:19|20)\d\d)\b|\b((?:19|20)\d\d)[\s_-]*q([1-4])\b", re.IGNORECASE)
 _RECENT_BOOST = 0.5
-# "the latest 10-Q", "its most recent quarterly filing"; not "last updated", "current liabilities".
-_RECENT = re.compile(r"\b(?:latest|most recent|newest|current|last)\s+(?:[\w-]+\s+)?"
-                     r"(?:quarter|quarterly|report|filing|10-?[qk]|version|edition|release|period|document)\b",
-                     re.IGNORECASE)
+# "the latest results", "its most recent 10-Q", "last quarter's call"; not "last updated", "current liabilities".
+_RECENT = re.compile(r"\b(?:latest|most recent|newest)\b|\b(?:last|current)\s+(?:[\w-]+\s+)?(?:quarter|quarterly|"
+                     r"report|filing|10-?[qk]|version|edition|release|period|document|call|transcript)\b", re.IGNORECASE)
 
 
 def document_period(label: str, first_page: str) -> int | None:
