@@ -232,6 +232,17 @@ def test_kill_during_ingest_leaves_old_document_whole(tmp_path, embedder):
     assert hits and all("vacation" not in p.text and "flour" in p.text for p in hits)
 
 
+def test_vector_search_looks_wide_in_new_and_older_stores(tmp_path):
+    from knowledge.store import GuildStore, chroma_client
+
+    client = chroma_client(tmp_path / "chroma", "")
+    client.create_collection("kb_old", embedding_function=None, metadata={"hnsw:space": "cosine"})  # Chroma's breadth
+    for guild in ("new", "old"):
+        store = GuildStore(guild, client, tmp_path / "sqlite")
+        assert store._collection.configuration["hnsw"]["ef_search"] == 500
+    assert client.get_collection("kb_old", embedding_function=None).configuration["hnsw"]["ef_search"] == 500
+
+
 def test_missing_embedding_model_says_what_to_do(tmp_path):
     from knowledge.embeddings import Embedder, EmbeddingModelError
 
