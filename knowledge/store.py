@@ -264,12 +264,12 @@ class GuildStore:
 # Word search uses at most _MAX_TERMS terms of a question, none in more than _MAX_DF_SHARE of the
 # passages (a limit never below _MIN_DF_LIMIT, so small knowledge bases keep all their words).
 _MAX_TERMS = 5
-# HNSW's search breadth. Chroma's default (100) missed passages of a document unlike the rest: a
-# manual among 20 filings, its vectors added last, lost up to 82% of its 60 nearest in some
-# processes (the graph differs from one load to the next); 500 found all 60 of 64 questions' in each.
-_EF_SEARCH = 500
 _MAX_DF_SHARE = 0.05
 _MIN_DF_LIMIT = 50
+# HNSW's search breadth. At Chroma's default (100) a manual added after 20 filings lost up to 82% of
+# its passages among a question's 60 nearest, in some loads of the index and not others; at 500
+# each of 64 questions got all 60 back.
+_EF_SEARCH = 500
 _DOC_COLUMNS = "name, doc_id, sha256, pages, chunks, size_bytes, added_at, profile"
 
 
