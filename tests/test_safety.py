@@ -159,6 +159,21 @@ async def test_pipeline_refuses_harmful_question_before_retrieval(engine_config,
     pipeline.close()
 
 
+def test_prompt_files_in_json_arrays_and_conversation_turns(tmp_path):
+    from bot.safety.data import InputError, read_prompts
+
+    (tmp_path / "a.json").write_text(json.dumps([{"prompt": "one"}, {"prompt": "two"}]))
+    (tmp_path / "b.json").write_text(json.dumps(["one", "two"]))
+    (tmp_path / "turns.jsonl").write_text(json.dumps({"turns": ["one", "and two"], "category": "x"}) + "\n"
+                                          + json.dumps([{"role": "user", "content": "three"},
+                                                        {"role": "assistant", "content": "an answer"}]) + "\n")
+    assert read_prompts(tmp_path / "a.json") == read_prompts(tmp_path / "b.json") == ["one", "two"]
+    assert read_prompts(tmp_path / "turns.jsonl") == ["one\nand two", "three"]  # the user's turns
+    (tmp_path / "n.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="1 is not a prompt"):
+        read_prompts(tmp_path / "n.json")
+
+
 def run_eval(*args, tmp_path):
     return subprocess.run([sys.executable, "-m", "bot", "safety-eval", *args, "--data-dir", str(tmp_path / "data")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})

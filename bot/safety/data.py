@@ -57,8 +57,9 @@ GROUPS = {"harmbench": ["harmbench_val.csv"], "simplesafetytests": ["simplesafet
 
 
 def read_prompts(path: Path, column: str | None = None) -> list[str]:
-    """Prompts from a CSV (a column: `column`, else the only one or a usual name), JSONL (a field) or
-    plain text (one per line). Raises InputError with a one-line reason."""
+    """Prompts from a CSV (a column: `column`, else the only one or a usual name), JSON Lines or a JSON
+    array (strings, or objects and a field as for CSV) or plain text (one per line). Raises InputError
+    with a one-line reason."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -74,27 +75,44 @@ def read_prompts(path: Path, column: str | None = None) -> list[str]:
         fields = list(rows[0].keys()) if rows else next(csv.reader(text.splitlines()), [])
         return [r[_pick(fields, column, path)] or "" for r in rows]
     if suffix in (".jsonl", ".ndjson", ".json"):
-        prompts = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise InputError(f"{path} line {n} is not JSON") from None
-            if isinstance(obj, str):
-                prompts.append(obj)
-                continue
-            if not isinstance(obj, dict):
-                raise InputError(f"{path} line {n} is not a JSON object")
-            prompts.append(str(obj.get(_pick(list(obj), column, path, n)) or ""))
-        return prompts
+        return [_prompt(obj, column, path, n) for n, obj in _json_rows(text, path)]
     if column:
         raise InputError(f"--column only applies to CSV and JSONL files, not {path.name}")
     return [line for line in text.splitlines() if line.strip()]
 
 
-_USUAL = ("prompt", "text", "goal", "behavior", "question", "prompts_final", "query", "instruction", "input")
+_USUAL = ("prompt", "text", "goal", "behavior", "question", "prompts_final", "query", "instruction", "input",
+          "forbidden_prompt", "turns")
+
+
+def _json_rows(text: str, path: Path) -> list[tuple[int | None, object]]:
+    """(line number or None, value) of a file holding one JSON array, or of JSON Lines."""
+    if text.lstrip().startswith("["):
+        try:
+            return [(None, row) for row in json.loads(text)]
+        except json.JSONDecodeError:
+            pass  # JSON Lines whose rows are arrays
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((n, json.loads(line)))
+            except json.JSONDecodeError:
+                raise InputError(f"{path} line {n} is not JSON") from None
+    return rows
+
+
+def _prompt(obj: object, column: str | None, path: Path, line: int | None) -> str:
+    """The prompt of one JSON row: a string, or an object's field; a list (a conversation's turns,
+    as strings or {"role", "content"} messages) gives its user turns, one per line."""
+    if isinstance(obj, dict):
+        obj = obj.get(_pick(list(obj), column, path, line))
+    elif not isinstance(obj, (str, list)):
+        raise InputError(f"{path}{f' line {line}' if line else ''}: {json.dumps(obj)[:40]} is not a prompt")
+    if isinstance(obj, list):
+        return "\n".join(str(t.get("content", "")) if isinstance(t, dict) else str(t)
+                         for t in obj if not isinstance(t, dict) or t.get("role", "user") == "user")
+    return str(obj or "")
 
 
 def _pick(fields: list[str], column: str | None, path: Path, line: int | None = None) -> str:
