@@ -290,6 +290,7 @@ class KnowledgeBase:
             cached = (key, retrieval.DocumentRouter(
                 {doc_id: retrieval.naming_terms(label, page) for doc_id, (label, page) in parts.items()},
                 {doc_id: retrieval.document_period(label, page) for doc_id, (label, page) in parts.items()},
+                store.documents_holding,
             ))
             self._routers[store.guild] = cached
         return cached[1]

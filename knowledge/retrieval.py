@@ -15,7 +15,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 _WORD = re.compile(r"[a-z0-9]+(?:[.,][0-9]+)*")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9&.\-]*")
@@ -76,6 +76,7 @@ _MONTHS = {m: i for i, m in enumerate(
 _DATE = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+\d{1,2},?\s+((?:19|20)\d\d)\b", re.IGNORECASE)
 _QUARTER_YEAR = re.compile(r"\bq([1-4])[\s_-]*((?:19|20)\d\d)\b|\b((?:19|20)\d\d)[\s_-]*q([1-4])\b", re.IGNORECASE)
 _RECENT_BOOST = 0.5
+_HOLDING_COUNTED = 10  # documents holding a name are counted up to 10 times those it names
 # "the latest results", "its most recent 10-Q", "last quarter's call"; not "last updated", "current liabilities".
 _RECENT = re.compile(r"\b(?:latest|most recent|newest)\b|\b(?:last|current)\s+(?:[\w-]+\s+)?(?:quarter|quarterly|"
                      r"report|filing|10-?[qk]|version|edition|release|period|document|call|transcript)\b", re.IGNORECASE)
@@ -98,20 +99,36 @@ class DocumentRouter:
     it names (or of all documents, if it names none).
     """
 
-    def __init__(self, terms: dict[str, set[str]], periods: dict[str, int | None]):
+    def __init__(self, terms: dict[str, set[str]], periods: dict[str, int | None],
+                 documents_holding: Callable[[str, int], int]):
+        """documents_holding(term, at_most): how many documents' text holds the term (not only their
+        names), counted up to at_most."""
         self._terms = terms
         self._periods = periods
-        df = Counter(t for terms in self._terms.values() for t in terms)
+        self._named_by = Counter(t for terms in self._terms.values() for t in terms)
         n = len(self._terms)
         # Terms in every document name none of them (idf 0); rarer terms weigh more.
-        self._idf = {t: math.log(n / c) for t, c in df.items()}
+        self._idf = {t: math.log(n / c) for t, c in self._named_by.items()}
+        self._documents_holding = documents_holding
+        self._weights: dict[str, float] = {}
+
+    def _weight(self, term: str) -> float:
+        """The term's idf, times the share of the documents using it that it names: "Number" on one
+        company's cover page names its filings only weakly when every filing says "number"."""
+        if term not in self._weights:
+            named_by = self._named_by[term]
+            holding = max(self._documents_holding(term, _HOLDING_COUNTED * named_by), named_by)
+            self._weights[term] = self._idf[term] * named_by / holding
+        return self._weights[term]
 
     def scores(self, question: str) -> dict[str, float]:
         """doc_id -> how strongly the question points at this document: the share of its naming
         power (0 to 1), plus _RECENT_BOOST for the newest one when it asks for the latest."""
-        q_terms = set(words(question)) & self._idf.keys()
-        total = sum(self._idf[t] for t in q_terms)
-        named = {doc_id: sum(self._idf[t] for t in q_terms & terms) / total
+        weights = {t: self._weight(t) for t in set(words(question)) & self._idf.keys() if self._idf[t] > 0}
+        total = sum(weights.values())
+        # Names that together rule out less than half of the documents point at them only weakly.
+        strength = min(1.0, total / math.log(2))
+        named = {doc_id: strength * sum(w for t, w in weights.items() if t in terms) / total
                  for doc_id, terms in self._terms.items()} if total > 0 else {}
         if not _RECENT.search(question):
             return named

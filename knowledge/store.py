@@ -173,6 +173,13 @@ class GuildStore:
             self._df_cache[term] = cached
         return cached
 
+    def documents_holding(self, term: str, at_most: int) -> int:
+        """How many documents have a passage holding the term (as the full-text index stems it),
+        counted up to at_most: a common word stops the count early."""
+        return self._db().execute(
+            "SELECT count(*) FROM (SELECT DISTINCT doc_id FROM chunks WHERE rowid IN "
+            "(SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ?) LIMIT ?)", (f'"{term}"', at_most)).fetchone()[0]
+
     def chunks(self, chunk_ids: Sequence[str]) -> dict[str, StoredChunk]:
         if not chunk_ids:
             return {}

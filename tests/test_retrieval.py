@@ -22,19 +22,31 @@ def test_document_period():
     assert document_period("report", "no dates here") is None
 
 
+def held_by_the_named_only(terms):
+    """documents_holding for a router whose documents' text holds exactly their naming terms."""
+    return lambda term, at_most: min(sum(term in t for t in terms.values()), at_most)
+
+
 def test_router_prefers_named_and_newest_documents():
-    router = DocumentRouter(
-        {"a22": {"acme", "2022"}, "a23": {"acme", "2023"}, "b23": {"globex", "2023"}},
-        {"a22": 2022 * 12, "a23": 2023 * 12, "b23": 2023 * 12 + 6},
-    )
+    terms = {"a22": {"acme", "2022"}, "a23": {"acme", "2023"}, "b23": {"globex", "2023"}, "c21": {"initech", "2021"}}
+    router = DocumentRouter(terms, {"a22": 2022 * 12, "a23": 2023 * 12, "b23": 2023 * 12 + 6, "c21": 2021 * 12},
+                            held_by_the_named_only(terms))
     scores = router.scores("How did Acme's revenue change?")
-    assert scores["a22"] == scores["a23"] == 1.0 and scores["b23"] == 0.0
+    assert scores["a22"] == scores["a23"] == 1.0 and scores["b23"] == scores["c21"] == 0.0
     latest = router.scores("What does Acme's latest report say?")
     assert latest["a23"] > latest["a22"] > latest["b23"]  # newest of the documents the question names
     assert router.scores("What was in the most recent quarterly filing?")["b23"] > 0  # names none: the newest of all
+    assert router.scores("What happened in 2023?")["a23"] == 1.0  # 2023 rules out half of the documents
     for not_asking_for_the_newest in ("When was Acme's guide last updated?", "What are Acme's current liabilities?"):
         assert router.scores(not_asking_for_the_newest) == scores
     assert router.scores("What is the weather like?") == {}
+
+
+def test_a_word_every_document_uses_names_the_one_whose_cover_capitalises_it_only_weakly():
+    terms = {"a": {"acme", "number"}, "b": {"globex"}, "c": {"initech"}, "d": {"umbrella"}}
+    router = DocumentRouter(terms, dict.fromkeys(terms), lambda term, at_most: min(4 if term == "number" else 1, at_most))
+    assert router.scores("What is Acme's revenue?")["a"] == 1.0
+    assert 0 < router.scores("How do I read an error number?")["a"] < 0.6
 
 
 def test_look_alike_documents_are_told_apart_by_name(kb):
