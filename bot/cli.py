@@ -155,6 +155,10 @@ def _search(config: Config, args) -> int:
             questions = [q.strip() for q in args.queries.read_text(encoding="utf-8-sig").splitlines() if q.strip()]
         except OSError as e:
             raise UserError(f"cannot read {args.queries}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{args.queries} is not UTF-8 text") from None
+        if not questions:
+            raise UserError(f"{args.queries} holds no questions")
     else:
         questions = [args.question]
     if args.k is not None and not 1 <= args.k <= 100:

@@ -51,6 +51,11 @@ def test_bad_options_give_one_line(tmp_path):
     assert result.returncode == 1 and result.stderr.strip() == "error: -k must be between 1 and 100"
     result = bot("search", "--guild", "7", "--bogus", "q", data_dir=tmp_path)
     assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr
+    (tmp_path / "blank.txt").write_text("\n \n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00what")
+    for name, reason in (("blank.txt", "holds no questions"), ("binary.txt", "is not UTF-8 text")):
+        result = bot("search", "--guild", "7", "--queries", str(tmp_path / name), data_dir=tmp_path)
+        assert result.returncode == 1 and result.stderr == f"error: {tmp_path / name} {reason}\n"
 
 
 def test_run_without_token_says_so_in_one_line(tmp_path):
