@@ -108,15 +108,19 @@ def _prompt(obj: object, column: str | None, path: Path, line: int | None) -> st
     if isinstance(obj, dict):
         obj = obj.get(_pick(list(obj), column, path, line))
     elif not isinstance(obj, (str, list)):
-        raise InputError(f"{path}{f' line {line}' if line else ''}: {json.dumps(obj)[:40]} is not a prompt")
+        raise InputError(f"{_where(path, line)}: {json.dumps(obj)[:40]} is not a prompt")
     if isinstance(obj, list):
         return "\n".join(str(t.get("content", "")) if isinstance(t, dict) else str(t)
                          for t in obj if not isinstance(t, dict) or t.get("role", "user") == "user")
     return str(obj or "")
 
 
+def _where(path: Path, line: int | None) -> str:
+    return f"{path} line {line}" if line else str(path)
+
+
 def _pick(fields: list[str], column: str | None, path: Path, line: int | None = None) -> str:
-    where = f"{path}" + (f" line {line}" if line else "")
+    where = _where(path, line)
     if column:
         if column not in fields:
             raise InputError(f"{where} has no column {column!r}; columns: {', '.join(fields)}")
