@@ -77,7 +77,7 @@ def read_prompts(path: Path, column: str | None = None) -> list[str]:
     if suffix in (".jsonl", ".ndjson", ".json"):
         return [_prompt(obj, column, path, n) for n, obj in _json_rows(text, path)]
     if column:
-        raise InputError(f"--column only applies to CSV and JSONL files, not {path.name}")
+        raise InputError(f"--column only applies to CSV and JSON files, not {path.name}")
     return [line for line in text.splitlines() if line.strip()]
 
 
