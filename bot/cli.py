@@ -164,6 +164,10 @@ def _search(config: Config, args) -> int:
     if args.k is not None and not 1 <= args.k <= 100:
         raise UserError("-k must be between 1 and 100")
     kb = _knowledge_base(config)
+    guilds = kb.guilds_with_documents()
+    if str(args.guild) not in guilds:
+        where = f"servers with documents: {', '.join(guilds)}" if guilds else "ingest PDFs first"
+        raise UserError(f"server {args.guild} has no documents in {config.data_dir} ({where})")
     for question in questions:
         passages = kb.search(str(args.guild), question, args.k)
         if args.json:
@@ -173,7 +177,7 @@ def _search(config: Config, args) -> int:
             continue
         print(f"Q: {question}")
         if not passages:
-            print("  (no passages: the knowledge base is empty or nothing matched)")
+            print("  (no passages matched)")
         for rank, p in enumerate(passages, 1):
             snippet = " ".join(p.text.split())[:160]
             print(f"  [{rank}] {p.file} p.{p.page} (score {p.score:.3f}): {snippet}")

@@ -253,6 +253,11 @@ class KnowledgeBase:
     def documents(self, guild: str) -> list[Document]:
         return self.store(guild).documents()
 
+    def guilds_with_documents(self) -> list[str]:
+        """The guilds of this data dir that hold at least one document (stores are opened, not made)."""
+        known = sorted(p.stem for p in self._data_dir.glob("*.sqlite3"))
+        return [guild for guild in known if self.store(guild).documents()]
+
     def remove(self, guild: str, name: str) -> Document | None:
         return self.store(guild).remove_document(name)
 

@@ -37,6 +37,10 @@ def test_ingest_search_list_remove(tmp_path):
         ("When do roses get pruned?", 1, "garden.pdf", 2),
         ("How often to water tomatoes?", 1, "garden.pdf", 1),
     ]
+    elsewhere = bot("search", "--guild", "8", "When do roses get pruned?", data_dir=data)
+    assert elsewhere.returncode == 1
+    assert elsewhere.stderr == f"error: server 8 has no documents in {data} (servers with documents: 7)\n"
+    assert not (data / "knowledge" / "8.sqlite3").exists()  # asking does not make an empty store
 
     assert "garden.pdf\t2 pages\t2 chunks" in bot("kb", "list", "--guild", "7", data_dir=data).stdout
     assert bot("kb", "list", "--guild", "8", data_dir=data).stdout.strip() == "no documents"
