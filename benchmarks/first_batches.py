@@ -1,13 +1,13 @@
 """Prefill time of a prompt batch the first and the second time its size comes, in a fresh process: what
 LocalModel.load_prefill_kernels saves (CUDA loads a kernel the first time it runs). Prints ms per size.
 
-    python benchmarks/first_batches.py MODEL.gguf [--no-warm-up | --server LLAMA_SERVER]
+    python benchmarks/first_batches.py MODEL.gguf [--server LLAMA_SERVER] [--no-warm-up]
 
 As the benchmark of 2026-12-04 on the H200: the whole model on the GPU, GGML_CUDA_MMQ_MAX_BATCH=128 as the
 image sets it (unless set otherwise), two 1,800-token prompts, a 4,750-token one, then follow-ups of 29
-sizes from 2 to 1,280 new tokens after it, twice over. --no-warm-up: LocalModel without
-load_prefill_kernels. --server: the server backend (ServerModel starting that llama-server), timed by
-llama-server's own prompt_ms. On a CPU (no lazy loading) it runs as a smoke test.
+sizes from 2 to 1,280 new tokens after it, twice over. --server: the server backend (ServerModel
+starting that llama-server), timed by llama-server's own prompt_ms. --no-warm-up: either backend without
+its load_prefill_kernels. On a CPU (no lazy loading) it runs as a smoke test.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--server", metavar="LLAMA_SERVER", help="measure the server backend on this llama-server")
     args = parser.parse_args()
     if not args.warm_up:
-        LocalModel.load_prefill_kernels = lambda self: None
+        LocalModel.load_prefill_kernels = ServerModel.load_prefill_kernels = lambda self: None
 
     started = time.perf_counter()
     if args.server:
@@ -73,9 +73,9 @@ def main() -> None:
     else:
         model = LocalModel(ModelConfig(), args.model)
         prefill_ms = local_prefill(model)
-        what = (f"{model.layers_on_gpu} of {model.layers} layers on the GPU; "
-                f"load_prefill_kernels {'on' if args.warm_up else 'off'}")
-    print(f"loaded in {time.perf_counter() - started:.2f} s ({what})")
+        what = f"{model.layers_on_gpu} of {model.layers} layers on the GPU"
+    print(f"loaded in {time.perf_counter() - started:.2f} s ({what}; load_prefill_kernels "
+          f"{'on' if args.warm_up else 'off'})")
     ids = (1000 + (i * 7919) % 100_000 for i in itertools.count())  # any ids of the vocabulary, never twice
     fresh = lambda n: list(itertools.islice(ids, n))  # noqa: E731
     try:

@@ -83,6 +83,12 @@ GPU_PREFILL_BATCH = 1280
 TOP_K = 40  # candidates the sampler chain weighs for each token (llama-cpp-python's default)
 
 
+def prefill_kernel_sizes(n_batch: int) -> list[int]:
+    """One prompt batch size of each class llama.cpp's CUDA build picks a matrix kernel for: one for each
+    size up to 8 tokens, one for every 8 up to 128, cuBLAS's choice above (see LocalModel.load_prefill_kernels)."""
+    return [*range(2, 8), *range(8, 129, 8), *range(192, n_batch + 1, 64)]
+
+
 class ChatTemplate:
     """A model's chat template (Jinja, as stored in its GGUF) rendered into the prompt's text.
 
@@ -249,7 +255,7 @@ class LocalModel:
         the GPU then held 6,573 MiB, as it did after those prompts without it.
         """
         token = max(self.llama.token_bos(), 0)
-        for n in [*range(2, 8), *range(8, 129, 8), *range(192, self.llama.n_batch + 1, 64)]:
+        for n in prefill_kernel_sizes(self.llama.n_batch):
             self.llama.reset()
             self.llama.eval([token] * n)
         self.llama.reset()
@@ -502,7 +508,8 @@ class ServerModel(RemoteModel):
     def __init__(self, config: ModelConfig, path: Path | None = None, start_timeout_s: float = 300.0):
         self.path = path or model_path(config)
         on_gpu = check_model_file(self.path, config.n_gpu_layers)
-        self.environment = dict(os.environ, **server_speed_env(on_gpu and config.n_gpu_layers < 0))
+        self._whole_model_on_gpu = on_gpu and config.n_gpu_layers < 0
+        self.environment = dict(os.environ, **server_speed_env(self._whole_model_on_gpu))
         self.start_timeout_s = start_timeout_s
         self._python_server = config.server_binary == "llama_cpp.server"
         if not self._python_server and shutil.which(config.server_binary) is None:
@@ -591,6 +598,19 @@ class ServerModel(RemoteModel):
                     raise ModelError(f"the model server did not answer within {self.start_timeout_s:.0f} s")
                 time.sleep(0.1)
             log.info("model server up on port %d (pid %d, %d slots)", self.port, self._process.pid, self.config.parallel)
+            if self._whole_model_on_gpu and not self._python_server:
+                self.load_prefill_kernels()
+
+    def load_prefill_kernels(self) -> None:
+        """LocalModel.load_prefill_kernels in llama-server's process: a throwaway prompt of each size class.
+
+        On the H200 (2026-12-05, benchmarks/first_batches.py --server) without it a first 1,800-token prompt
+        took 398 ms against 149 the second time, and first batches up to 45 ms longer than second ones (978
+        tokens 117 against 72, 400 tokens 79 against 45); with it 118 ms, and never more than 0.4 ms longer.
+        """
+        batch = min(max(self.config.n_batch, GPU_PREFILL_BATCH), self.config.n_ctx - 1)  # n_predict's token fits
+        for n in prefill_kernel_sizes(batch):
+            self._post_json("/completion", {"prompt": [0] * n, "n_predict": 1, "cache_prompt": False})
 
     def stream(self, messages: list[Message], max_tokens: int, cancel: threading.Event | None = None,
                logit_bias: dict[int, float] | None = None) -> Iterator[str]:
@@ -623,7 +643,7 @@ class ServerModel(RemoteModel):
                 connection.close()
                 self._connections.value = None
                 if attempt == 2:
-                    raise ModelError(f"cannot reach the model server at {self.base} ({e})") from None
+                    raise ModelError(f"cannot reach the model server on 127.0.0.1:{self.port} ({e})") from None
                 continue
             if response.status != 200:
                 raise ModelError(f"the model server answered {response.status} to {path}: "

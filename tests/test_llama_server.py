@@ -70,3 +70,19 @@ def test_graph_top_k_switch_changes_no_answer():
     without, with_switch = check_server_patch.without_and_with(str(LLAMA_SERVER), str(smollm2_path()), ["-t", "1"])
     assert len(without) == 16 and all(without.values())
     assert with_switch == without
+
+
+
+def test_throwaway_prompts_at_start_change_no_answer(llm):
+    """With the whole model on a GPU, ServerModel has llama-server prefill a throwaway prompt of each
+    size class as it starts, as LocalModel does (load_prefill_kernels); answers after it are as before.
+    A context of 512 tokens caps the sizes (2-7, every 8 to 128, every 64 to 448) and what the CPU prefills."""
+    env = {**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()), "BOT_MODEL_BACKEND": "server",
+           "BOT_MODEL_SERVER_BINARY": str(LLAMA_SERVER), "BOT_MODEL_N_CTX": "512", "BOT_MODEL_N_THREADS": "2"}
+    server = ServerModel(load_config(None, env=env).model)
+    try:
+        before = "".join(server.stream(MESSAGES, 16))
+        server.load_prefill_kernels()
+        assert "".join(server.stream(MESSAGES, 16)) == before
+    finally:
+        server.close()
