@@ -72,8 +72,7 @@ def test_graph_top_k_switch_changes_no_answer():
     assert with_switch == without
 
 
-
-def test_throwaway_prompts_at_start_change_no_answer(llm):
+def test_throwaway_prompts_at_start_change_no_answer():
     """With the whole model on a GPU, ServerModel has llama-server prefill a throwaway prompt of each
     size class as it starts, as LocalModel does (load_prefill_kernels); answers after it are as before.
     A context of 512 tokens caps the sizes (2-7, every 8 to 128, every 64 to 448) and what the CPU prefills."""
