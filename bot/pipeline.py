@@ -32,7 +32,7 @@ from typing import AsyncIterator, Literal, Protocol
 
 from bot.config import Config
 from bot.memory import Memory
-from bot.prompt import QuestionTooLong, Source, Turn, build, cited, count_newest
+from bot.prompt import Prompt, QuestionTooLong, Source, Turn, build, cited, count_newest
 from bot.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class Pipeline:
                 yield Done("error", EMPTY_REPLY)
                 return
             sources = tuple(cited(answer, prompt.citable))
-            await asyncio.to_thread(self.memory.finish, exchange_id, answer, list(sources), "complete", prompt.excerpts)
+            await asyncio.to_thread(self._save_answer, exchange_id, author.name, question, answer, sources, prompt)
             finished = True
             yield Done("answer", answer, sources, tuple(prompt.sources))
         except Exception:
@@ -189,13 +189,21 @@ class Pipeline:
         await asyncio.to_thread(self.memory.finish, exchange_id, None, [], "refused")
         return Done("refused", verdict.message)
 
+    def _save_answer(self, exchange_id: int, author: str, question: str, answer: str, sources: tuple[Source, ...],
+                     prompt: Prompt) -> None:
+        self.memory.finish(exchange_id, answer, list(sources), "complete", prompt.excerpts)
+        # The channel's next prompt shows this exchange, as memory.history will give it back. Counting its
+        # texts now spares the next question that tokenizing (a few ms) on its way to the first token.
+        count_newest(self.llm, [Turn(author, question, answer, tuple(prompt.excerpts))])
+
     def _passages(self, guild: str, question: str) -> list:
         passages = self.knowledge.search(guild, question)
         return self.safety.screen_passages(passages) if self.safety is not None else passages
 
     def _channel_state(self, guild: str, channel: str) -> tuple[str, list[Turn]]:
         """The persona, and the history without excerpts of documents removed (or replaced) since; its newest
-        exchange counted in tokens for the prompt, meanwhile."""
+        exchange counted in tokens for the prompt, meanwhile, where _save_answer has not counted it (after a
+        restart, or with an excerpt left out)."""
         persona = self.memory.get_persona(channel) or self.config.chat.persona
         history = self.memory.history(channel, self.config.chat.max_history_turns)
         shown = [e.chunk_id for turn in history for e in turn.excerpts or ()]

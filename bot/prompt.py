@@ -191,7 +191,8 @@ def build(llm: LLM, persona: str, passages: Sequence, history: Sequence[Turn], a
 
 def count_newest(llm: LLM, history: Sequence[Turn]) -> None:
     """Count the newest exchange's texts, the history's only ones new since the channel's last prompt as a
-    rule, so that build() finds them counted: the pipeline calls it while the passages are retrieved."""
+    rule, so that build() finds them counted: the pipeline calls it as it saves an answer, and again (found
+    in the model's cache as a rule) while the next question's passages are retrieved."""
     if history:
         _count_at_once(llm, [_user_text(history[0]), defang(history[0].answer)])
 

@@ -23,10 +23,14 @@ class Recording:
     """The real model, noting each prompt it is asked to answer (to check what reached it)."""
 
     def __init__(self, llm):
-        self.llm, self.prompts = llm, []
+        self.llm, self.prompts, self.counted = llm, [], []
 
     def __getattr__(self, name):
         return getattr(self.llm, name)
+
+    def count(self, text):
+        self.counted.append(text)
+        return self.llm.count(text)
 
     def stream(self, messages, max_tokens, cancel=None):
         self.prompts.append(messages)
@@ -89,6 +93,13 @@ async def test_a_follow_up_prompt_extends_the_last_one_and_forgets_removed_docum
     assert history[0]["content"] == "Ada asks: How many days of annual leave do employees get?"
     shown = [m["content"] for m in history if m["role"] == "user"]
     assert shown[1] == "Ada asks: And remote work?" and "handbook.pdf" not in str(shown)  # answers stay as written
+
+
+async def test_an_answer_is_counted_as_it_is_saved_not_when_the_next_question_comes(pipeline):
+    await events(pipeline, "c", "How many days of annual leave do employees get?")
+    before = len(pipeline.llm.counted)
+    _, history = await asyncio.to_thread(pipeline._channel_state, "g1", "c")  # the next question's first step
+    assert len(history) == 1 and set(pipeline.llm.counted[before:]) <= set(pipeline.llm.counted[:before])
 
 
 async def test_bad_input_gets_a_short_reply_and_stores_nothing(pipeline, engine_config):
