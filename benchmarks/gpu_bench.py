@@ -385,6 +385,7 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
     for store in {knowledge, turns}:
         store.search = timed("retrieval", store.search)
     bot.pipeline.build = timed("prompt", untimed_build)  # token counts included
+    pipeline._channel_state = timed("history", pipeline._channel_state)  # beside retrieval: memory, token counts
     short = dataclasses.replace(config, chat=dataclasses.replace(config.chat, max_answer_tokens=128))
 
     async def single():
@@ -427,14 +428,15 @@ def engine_runs(args, name: str, llm, data_dir: Path, knowledge, config, concurr
             print(f"  second turn {i}: {first:.3f} s; prefilled {first_prefilled} tokens for the first question, "
                   f"{prefilled[-1]} for the second ({llm.last_timings.get('cache_n')} reused, in "
                   f"{llm.last_timings.get('prompt_ms', float('nan')):.1f} ms); retrieval "
-                  f"{1000 * steps[-1]['retrieval']:.1f} ms, prompt {1000 * steps[-1]['prompt']:.1f} ms", flush=True)
+                  f"{1000 * steps[-1]['retrieval']:.1f} ms (history beside it {1000 * steps[-1]['history']:.1f} ms), prompt "
+                  f"{1000 * steps[-1]['prompt']:.1f} ms", flush=True)
             # The same prompt straight to the model, its cache primed alike: what the pipeline adds is the rest.
             second_messages, pipeline.llm.last_messages = pipeline.llm.last_messages, first_messages
             await asyncio.to_thread(pipeline.llm.prime, answer)
             raw.append(await asyncio.to_thread(first_token_s, llm, second_messages))
             print(f"  second turn {i}, same prompt straight to the model: {raw[-1]:.3f} s "
                   f"({llm.last_timings.get('prompt_n')} tokens prefilled)", flush=True)
-        for step in ("retrieval", "prompt"):
+        for step in ("retrieval", "history", "prompt"):
             FIGURES[f"{name} second turn {step} ms"] = 1000 * statistics.median(s[step] for s in steps)
         FIGURES[f"{name} second turn raw"] = statistics.median(raw)
         pipeline.knowledge = knowledge
