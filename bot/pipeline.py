@@ -194,7 +194,10 @@ class Pipeline:
         self.memory.finish(exchange_id, answer, list(sources), "complete", prompt.excerpts)
         # The channel's next prompt shows this exchange, as memory.history will give it back. Counting its
         # texts now spares the next question that tokenizing (a few ms) on its way to the first token.
-        count_newest(self.llm, [Turn(author, question, answer, tuple(prompt.excerpts))])
+        try:
+            count_newest(self.llm, [Turn(author, question, answer, tuple(prompt.excerpts))])
+        except Exception:  # a head start only: the next question counts what is missing, or reports the failure
+            log.debug("counting the exchange ahead of the next question failed", exc_info=True)
 
     def _passages(self, guild: str, question: str) -> list:
         passages = self.knowledge.search(guild, question)

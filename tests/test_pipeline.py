@@ -102,6 +102,21 @@ async def test_an_answer_is_counted_as_it_is_saved_not_when_the_next_question_co
     assert len(history) == 1 and set(pipeline.llm.counted[before:]) <= set(pipeline.llm.counted[:before])
 
 
+async def test_an_answer_stands_when_counting_it_ahead_fails(pipeline, monkeypatch):
+    def model_gone(text):
+        raise ConnectionError("the model server went away")
+
+    finish = pipeline.memory.finish
+
+    def finish_then_lose_the_model(*args):
+        finish(*args)
+        monkeypatch.setattr(pipeline.llm, "count", model_gone)
+
+    monkeypatch.setattr(pipeline.memory, "finish", finish_then_lose_the_model)
+    done = (await events(pipeline, "c", "How many days of annual leave do employees get?"))[-1]
+    assert done.status == "answer" and [e.status for e in pipeline.memory.show("c")] == ["complete"]
+
+
 async def test_bad_input_gets_a_short_reply_and_stores_nothing(pipeline, engine_config):
     for text, reason in [("   ", "Ask me a question"), ("x" * 5000, "at most 4000")]:
         [done] = await events(pipeline, "c", text)
