@@ -17,7 +17,7 @@ Done.text is what the message should say in the end; the cog replaces the stream
 Steps: check input (length, safety) -> wait for the channel's turn (bot.scheduler) -> retrieve (this
 guild only) -> history + persona (memory; excerpts of documents removed since are left out) -> prompt
 (bot.prompt) -> stream (model thread), with the safety output check every _CHECK_EVERY characters and
-at the end -> store the exchange with the excerpts the model was shown.
+at the end -> store the exchange with the excerpts the model was shown, and count its texts for the next prompt.
 Safety: pass an object with check_input/check_output/screen_passages (the Safety protocol; the real one
 is bot.safety.SafetyFilter), or None.
 """
