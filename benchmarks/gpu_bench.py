@@ -21,10 +21,10 @@ Before spending GPU time, a smoke test on a CPU machine runs every engine step (
 Rows (flash attention on everywhere, end-of-turn tokens banned so every answer has its full length):
 - llama-bench pp512/pp2048/tg128, and llama-server -np 16 with 1 and 16 client(s) at once: the raw
   llama.cpp reference, run twice: "stock" (llama.cpp's default flags, the patches' switches unset)
-  and with the engine's flags (bot.llm.server_speed_flags: -ub 1280, --cache-ram 0; and the switches
-  of the patches in patches/: GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch sends prompt batches above that
-  size to cuBLAS, bot.llm.server_speed_env picks each token's candidates in the graph), so the table
-  shows what each change brings.
+  and with the engine's flags (bot.llm.server_speed_flags: -ub 2048 for 16 slots, --cache-ram 0; and
+  the switches of the patches in patches/: GGML_CUDA_MMQ_MAX_BATCH=--mmq-max-batch sends prompt batches
+  above that size to cuBLAS, bot.llm.server_speed_env picks each token's candidates in the graph), so
+  the table shows what each change brings.
 - "engine": this project's bot.pipeline.Pipeline.answer (scheduler, memory in SQLite, prompt builder,
   chat template, streaming to the event loop) on the two GPU backends: model.backend = "local"
   (llama-cpp-python in the bot's child process, native sampler loop) and model.backend = "server" (the bot
@@ -289,7 +289,7 @@ def stock_env() -> dict[str, str]:
 @section("llama-server -np 16")
 def raw_server(args) -> None:
     """llama-server with its default flags (the reference), then with the engine's (see ServerModel.command)."""
-    tuned = server_speed_flags(load_config(None, env={}).model.n_batch)
+    tuned = server_speed_flags(load_config(None, env={}).model.n_batch, 16)
     for variant, extra, env in (("stock", [], stock_env()),
                                 ("tuned", tuned, dict(stock_env(), GGML_CUDA_MMQ_MAX_BATCH=str(args.mmq_max_batch),
                                                        **server_speed_env(True)))):

@@ -62,7 +62,7 @@ class ModelConfig:
     n_gpu_layers: int = -1  # -1: every layer on the GPU; 0: CPU only
     n_threads: int = 0  # 0: one per CPU core
     # Prompt tokens per pass (llama.cpp's batch and micro-batch); on a GPU both llama.cpp backends use
-    # at least bot.llm.GPU_PREFILL_BATCH (1280), which prefills faster there.
+    # at least 1280 for one sequence and 2048 for several slots (bot.llm.gpu_prefill_batch): faster there.
     n_batch: int = 512
     flash_attn: bool = True  # flash attention: faster prefill and less KV memory on GPUs
     # KV cache element type: "q8_0" halves the cache (1 GB -> 0.53 GB per 8k sequence of Llama-3-8B).

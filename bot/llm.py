@@ -80,7 +80,17 @@ _GGML_TYPE = {"f16": 1, "q8_0": 8}  # ggml_type values for the KV cache
 # 0.097-0.119 s; a follow-up's ~1,070 new tokens (one batch from 1280 on) 79 ms at each size; decode the
 # same. 1280 keeps the model and an 8k context under 6.5 GB once prompted.
 GPU_PREFILL_BATCH = 1280
+# With several llama-server slots a batch packs the prompts of several channels. On an H100 (2026-12-06,
+# 16 channels asking at once with ~1,200-token prompts, two runs each) 2048-token batches served 763-770
+# tokens/s with a p95 first token of 1.20-1.28 s, against 697-718 and 1.38-1.42 s at 1280, for 200 MiB
+# more GPU memory.
+GPU_PREFILL_BATCH_SHARED = 2048
 TOP_K = 40  # candidates the sampler chain weighs for each token (llama-cpp-python's default)
+
+
+def gpu_prefill_batch(n_batch: int, parallel: int) -> int:
+    """The prompt batch (and micro-batch) on a GPU for one sequence or for `parallel` of them."""
+    return max(n_batch, GPU_PREFILL_BATCH if parallel == 1 else GPU_PREFILL_BATCH_SHARED)
 
 
 def prefill_kernel_sizes(n_batch: int) -> list[int]:
@@ -178,7 +188,7 @@ class LocalModel:
         self.n_ctx = config.n_ctx
         batch = config.n_batch
         if config.n_gpu_layers != 0 and llama_cpp.llama_supports_gpu_offload():
-            batch = min(max(batch, GPU_PREFILL_BATCH), config.n_ctx)
+            batch = min(gpu_prefill_batch(batch, self.parallel), config.n_ctx)
         kwargs = dict(n_ctx=config.n_ctx, n_gpu_layers=config.n_gpu_layers, n_batch=batch, n_ubatch=batch,
                       n_threads=config.n_threads or os.cpu_count(), flash_attn=config.flash_attn,
                       type_k=_GGML_TYPE[config.kv_cache_type], type_v=_GGML_TYPE[config.kv_cache_type], verbose=False)
@@ -564,7 +574,7 @@ class ServerModel(RemoteModel):
                 # cache, --kv-unified, 16 channels got 199 tokens/s on an H100, against 469 for llama-server
                 # without it in the same run). Each slot keeps its last prompt in the KV cache.
                 "-c", str(c.n_ctx * c.parallel), "-np", str(c.parallel), "--cont-batching",
-                *server_speed_flags(c.n_batch), "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers),
+                *server_speed_flags(c.n_batch, c.parallel), "-ngl", str(999 if c.n_gpu_layers < 0 else c.n_gpu_layers),
                 "-fa", "on" if c.flash_attn else "off", "-ctk", c.kv_cache_type, "-ctv", c.kv_cache_type,
                 "-t", str(c.n_threads or os.cpu_count()), "--jinja", "--no-webui"]
 
@@ -608,7 +618,7 @@ class ServerModel(RemoteModel):
         took 398 ms against 149 the second time, and first batches up to 45 ms longer than second ones (978
         tokens 117 against 72, 400 tokens 79 against 45); with it 118 ms, and never more than 0.4 ms longer.
         """
-        batch = min(max(self.config.n_batch, GPU_PREFILL_BATCH), self.config.n_ctx - 1)  # n_predict's token fits
+        batch = min(gpu_prefill_batch(self.config.n_batch, self.config.parallel), self.config.n_ctx - 1)  # n_predict's token fits
         for n in prefill_kernel_sizes(batch):
             self._post_json("/completion", {"prompt": [0] * n, "n_predict": 1, "cache_prompt": False})
 
@@ -664,14 +674,14 @@ class ServerModel(RemoteModel):
                 process.wait()
 
 
-def server_speed_flags(n_batch: int) -> list[str]:
+def server_speed_flags(n_batch: int, parallel: int) -> list[str]:
     """The llama-server flags chosen for speed (the GPU benchmark runs raw llama-server with them too).
 
     The host-memory prompt cache (--cache-ram) doubled the first-token time of a new ~1,800-token
-    prompt on an H100 (0.37 s against 0.19 s), so it is off; prompt batches of GPU_PREFILL_BATCH tokens
+    prompt on an H100 (0.37 s against 0.19 s), so it is off; prompt batches of gpu_prefill_batch tokens
     prefill faster there than llama-server's default 512.
     """
-    batch = str(max(n_batch, GPU_PREFILL_BATCH))
+    batch = str(gpu_prefill_batch(n_batch, parallel))
     return ["--cache-ram", "0", "-b", batch, "-ub", batch]
 
 

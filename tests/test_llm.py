@@ -262,6 +262,16 @@ def test_server_backend_starts_supervises_and_stops_its_server(llm):
     assert process.poll() is not None and model._process is None
 
 
+def test_prompt_batches_grow_where_slots_share_them():
+    """llama-server's prompt batches on a GPU: 1280 tokens for one slot (the model and 8k of context stay
+    within 6.5 GB), 2048 where several slots share each batch (faster for many channels), more if set."""
+    from bot.llm import server_speed_flags
+
+    assert server_speed_flags(512, 1)[-4:] == ["-b", "1280", "-ub", "1280"]
+    assert server_speed_flags(512, 8)[-4:] == ["-b", "2048", "-ub", "2048"]
+    assert server_speed_flags(4096, 8)[-4:] == ["-b", "4096", "-ub", "4096"]
+
+
 def test_server_backend_names_a_missing_binary():
     env = {**ENGINE_ENV, "BOT_MODEL_PATH": str(smollm2_path()), "BOT_MODEL_BACKEND": "server",
            "BOT_MODEL_SERVER_BINARY": "/nonexistent/llama-server"}
