@@ -618,7 +618,8 @@ class ServerModel(RemoteModel):
         took 398 ms against 149 the second time, and first batches up to 45 ms longer than second ones (978
         tokens 117 against 72, 400 tokens 79 against 45); with it 118 ms, and never more than 0.4 ms longer.
         """
-        batch = min(gpu_prefill_batch(self.config.n_batch, self.config.parallel), self.config.n_ctx - 1)  # n_predict's token fits
+        c = self.config
+        batch = min(gpu_prefill_batch(c.n_batch, c.parallel), c.n_ctx - 1)  # n_predict's token fits
         for n in prefill_kernel_sizes(batch):
             self._post_json("/completion", {"prompt": [0] * n, "n_predict": 1, "cache_prompt": False})
 
