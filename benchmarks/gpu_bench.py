@@ -289,11 +289,12 @@ def stock_env() -> dict[str, str]:
 @section("llama-server -np 16")
 def raw_server(args) -> None:
     """llama-server with its default flags (the reference), then with the engine's (see ServerModel.command)."""
-    tuned = server_speed_flags(load_config(None, env={}).model.n_batch, 16)
+    slots = 16  # the engine's flags are those it gives llama-server for this many slots
+    tuned = server_speed_flags(load_config(None, env={}).model.n_batch, slots)
     for variant, extra, env in (("stock", [], stock_env()),
                                 ("tuned", tuned, dict(stock_env(), GGML_CUDA_MMQ_MAX_BATCH=str(args.mmq_max_batch),
                                                        **server_speed_env(True)))):
-        process, port = start_raw_server(args, 16, 2048 if variant == "stock" else 8192, extra, env)
+        process, port = start_raw_server(args, slots, 2048 if variant == "stock" else 8192, extra, env)
         try:
             prompts = concurrent_prompts(17, args.words_1200)
             raw_request(port, prompts[16], 16, [], time.perf_counter())  # warm-up
