@@ -43,9 +43,10 @@ def prompt(model: LocalModel, depth: int, run: str) -> list[dict]:
     while True:
         messages = [{"role": "system", "content": f"Run {run}. You are a helpful assistant."},
                     {"role": "user", "content": " ".join(words) + " What does the report say?"}]
-        if len(model.tokenize_prompt(messages)) >= depth:
+        missing = depth - len(model.tokenize_prompt(messages))
+        if missing <= 0:
             return messages
-        words += rng.choices(WORDS, k=max(8, (depth - len(model.tokenize_prompt(messages))) // 2))
+        words += rng.choices(WORDS, k=max(8, missing // 2))
 
 
 def end_of_turn_banned(model: LocalModel) -> dict[int, float]:
